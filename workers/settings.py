@@ -1,0 +1,187 @@
+"""All of recstream's configuration, read from the environment in one place.
+
+No other module reads ``os.environ``: sections (Kafka, Redis, model, LLM...)
+are frozen dataclasses built by :meth:`Settings.from_env`, and each section's
+``from_mapping`` takes the environment as a plain mapping so tests can pass
+their own. Secrets are wrapped in :class:`Secret` and never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from workers.errors import ConfigError
+
+if TYPE_CHECKING:
+    from workers.llm.settings import LLMSettings
+    from workers.model.settings import ModelSettings
+
+__all__ = [
+    "KafkaSettings",
+    "RedisSettings",
+    "Secret",
+    "Settings",
+    "env_bool",
+    "env_float",
+    "env_int",
+    "env_str",
+]
+
+PREFIX: Final = "RECSTREAM_"
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+class Secret:
+    """A string that prints as ``'***'``; call :meth:`reveal` where it is used."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(PREFIX + name, default)
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{PREFIX}{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{PREFIX}{name} must be a boolean (true/false), got {raw!r}")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where the broker is and how topics are named and created."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # A prefix lets several environments (or test runs) share one cluster.
+    topic_prefix: str = ""
+    # 6 partitions: enough to spread over a few replicas per role in dev, few
+    # enough that a single-node broker stays quick to start and rebalance.
+    partitions: int = 6
+    replication_factor: int = 1
+    client_id: str = "recstream"
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> KafkaSettings:
+        return cls(
+            bootstrap_servers=env_str(env, "KAFKA_BOOTSTRAP", cls.bootstrap_servers),
+            topic_prefix=env_str(env, "TOPIC_PREFIX", cls.topic_prefix),
+            partitions=env_int(env, "KAFKA_PARTITIONS", cls.partitions, minimum=1),
+            replication_factor=env_int(env, "KAFKA_REPLICATION", cls.replication_factor, minimum=1),
+            client_id=env_str(env, "KAFKA_CLIENT_ID", cls.client_id),
+        )
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a contract topic name."""
+        return f"{self.topic_prefix}{name}"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach Redis (state, shared LLM limits, the LLM cache)."""
+
+    url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
+    # Prefix of every key recstream writes, so it can share a Redis safely.
+    key_prefix: str = "rs"
+    max_connections: int = 64
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> RedisSettings:
+        return cls(
+            url=Secret(env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0")),
+            key_prefix=env_str(env, "REDIS_KEY_PREFIX", cls.key_prefix),
+            max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", cls.max_connections, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration; build it with :meth:`from_env`."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    model: ModelSettings = field(default_factory=lambda: _model_settings()())
+    llm: LLMSettings = field(default_factory=lambda: _llm_settings()())
+    # Local runtime folder: infra data, logs, model artifacts (dev default).
+    home: Path = REPO_ROOT / ".local"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: the process environment)."""
+        source = os.environ if env is None else env
+        return cls.from_mapping(source)
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> Settings:
+        return cls(
+            kafka=KafkaSettings.from_mapping(env),
+            redis=RedisSettings.from_mapping(env),
+            model=_model_settings().from_mapping(env),
+            llm=_llm_settings().from_mapping(env),
+            home=Path(env_str(env, "HOME", str(REPO_ROOT / ".local"))),
+            log_level=env_str(env, "LOG_LEVEL", "INFO").upper(),
+        )
+
+
+# Section modules import the env helpers above, so they are imported lazily here.
+def _model_settings() -> type[ModelSettings]:
+    from workers.model.settings import ModelSettings
+
+    return ModelSettings
+
+
+def _llm_settings() -> type[LLMSettings]:
+    from workers.llm.settings import LLMSettings
+
+    return LLMSettings
