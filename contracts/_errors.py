@@ -1,8 +1,8 @@
 """Errors raised by the contracts package (the root of recstream's error tree).
 
-    RecstreamError (retriable: bool)
-    └── ContractViolation          an event that breaks its contract
-        └── DecodeError            raised by a codec; names the offending field
+RecstreamError (retriable: bool)
+└── ContractViolation          an event that breaks its contract
+    └── DecodeError            raised by a codec; names the offending field
 """
 
 from __future__ import annotations

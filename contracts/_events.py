@@ -8,7 +8,7 @@ accepted, and ``None`` stands for an optional field that is absent or null.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 __all__ = [
@@ -179,7 +179,7 @@ class ChatMessage(Event):
 
 @dataclass(frozen=True, slots=True)
 class RecommendationRequest(Event):
-    """"Recommend k items for this user now" (topic ``requests``, key user_id)."""
+    """ "Recommend k items for this user now" (topic ``requests``, key user_id)."""
 
     SCHEMA: ClassVar[str] = "request"
 
@@ -227,7 +227,12 @@ class RankedItem:
         return cls(data["item_id"], data["score"], data["rank"], data.get("source"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "score": self.score, "rank": self.rank, "source": self.source}
+        return {
+            "item_id": self.item_id,
+            "score": self.score,
+            "rank": self.rank,
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,9 +439,9 @@ class DeadLetter(Event):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeadLetter:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.VERSION}
-        out.update({k: getattr(self, k) for k in self.__dataclass_fields__})
+        out.update({f.name: getattr(self, f.name) for f in fields(self)})
         return out

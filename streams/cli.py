@@ -17,11 +17,23 @@ __all__ = ["main"]
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "infra": ("streams.infra", "start/stop/inspect the local Kafka + Redis (dev and CI)"),
     "topics": ("streams.topics", "create recstream's topics explicitly (never auto-created)"),
-    "worker": ("streams.worker", "run stream processors: --role interactions|catalog|requests|chat|explain|all"),
-    "train": ("workers.model.cli_train", "train SASRec + A-LLMRec on MovieLens-100k (training venv)"),
-    "evaluate": ("workers.model.cli_evaluate", "evaluate baselines and A-LLMRec; print protocol + metrics"),
+    "worker": (
+        "streams.worker",
+        "run stream processors: --role interactions|catalog|requests|chat|explain|all",
+    ),
+    "train": (
+        "workers.model.cli_train",
+        "train SASRec + A-LLMRec on MovieLens-100k (training venv)",
+    ),
+    "evaluate": (
+        "workers.model.cli_evaluate",
+        "evaluate baselines and A-LLMRec; print protocol + metrics",
+    ),
     "export": ("workers.model.cli_export", "export trained models to ONNX with parity checks"),
-    "llm-test-server": ("workers.llm.testserver", "run the OpenAI-compatible LLM TEST server (not a model)"),
+    "llm-test-server": (
+        "workers.llm.testserver",
+        "run the OpenAI-compatible LLM TEST server (not a model)",
+    ),
     "replay": ("streams.replay", "replay MovieLens-100k into Kafka at a chosen rate"),
     "tail": ("streams.tail", "print an output topic in readable form"),
     "demo": ("streams.demo", "run the whole system end to end on the embedded default"),

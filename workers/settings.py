@@ -150,8 +150,8 @@ class Settings:
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
-    model: ModelSettings = field(default_factory=lambda: _model_settings()())
-    llm: LLMSettings = field(default_factory=lambda: _llm_settings()())
+    model: ModelSettings = field(default_factory=lambda: _model_settings()())  # noqa: PLW0108 - lazy import
+    llm: LLMSettings = field(default_factory=lambda: _llm_settings()())  # noqa: PLW0108 - lazy import
     # Local runtime folder: infra data, logs, model artifacts (dev default).
     home: Path = REPO_ROOT / ".local"
     log_level: str = "INFO"

@@ -1,0 +1,125 @@
+"""Kafka resources: topic creation and the producer, as async context managers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from contracts import topics
+from workers.errors import ResourceError
+from workers.resources import Resource
+from workers.settings import KafkaSettings
+
+__all__ = ["KafkaProducerResource", "ensure_topics"]
+
+logger = logging.getLogger(__name__)
+
+# Output and dead-letter topics are keyed like their inputs, so they get the
+# same partition count; consumers of one user's events then see them in order.
+_RETENTION_MS = {topics.DEAD_LETTERS: str(14 * 24 * 3600 * 1000)}
+
+
+async def ensure_topics(
+    settings: KafkaSettings,
+    names: Iterable[str] = topics.ALL_TOPICS,
+    *,
+    partitions: int | None = None,
+    timeout_s: float = 60.0,
+) -> list[str]:
+    """Create the given contract topics (prefixed) if absent; return those created.
+
+    Retries while the broker is still starting, up to ``timeout_s``.
+    """
+    count = partitions or settings.partitions
+    wanted = {settings.topic(n): n for n in names}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-admin"
+        )
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [
+                NewTopic(
+                    full,
+                    num_partitions=count,
+                    replication_factor=settings.replication_factor,
+                    topic_configs=(
+                        {"retention.ms": _RETENTION_MS[short]} if short in _RETENTION_MS else {}
+                    ),
+                )
+                for full, short in wanted.items()
+                if full not in existing
+            ]
+            created: list[str] = []
+            for topic in missing:
+                try:
+                    await admin.create_topics([topic])
+                    created.append(topic.name)
+                except TopicAlreadyExistsError:
+                    pass  # another process won the race; fine
+            if created:
+                logger.info("created topics %s with %d partitions", created, count)
+            return created
+        except KafkaConnectionError as exc:
+            if loop.time() > deadline:
+                raise ResourceError(
+                    f"Kafka at {settings.bootstrap_servers} unreachable: {exc}"
+                ) from exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+class KafkaProducerResource(Resource):
+    """An idempotent aiokafka producer (acks=all) that flushes on close."""
+
+    def __init__(self, settings: KafkaSettings, *, linger_ms: int = 5) -> None:
+        super().__init__()
+        self._settings = settings
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        self._require_open()
+        assert self._producer is not None
+        return self._producer
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send to a contract topic (prefix applied) and wait for the ack."""
+        try:
+            await self.producer.send_and_wait(self._settings.topic(topic), value=value, key=key)
+        except KafkaError as exc:
+            raise ResourceError(f"Kafka send to {topic} failed: {exc}") from exc
+
+    async def _open(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=self._settings.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            compression_type=None,
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise ResourceError(
+                f"Kafka at {self._settings.bootstrap_servers} unreachable: {exc}"
+            ) from exc
+        self._producer = producer
+
+    async def _close(self) -> None:
+        if self._producer is not None:
+            await self._producer.flush()
+            await self._producer.stop()
+            self._producer = None
