@@ -42,7 +42,8 @@ def _port_open(hostport: str) -> bool:
 @pytest.fixture(scope="session")
 def infrastructure() -> Iterator[None]:
     """Make sure the local Kafka and Redis are up (starting them if needed)."""
-    if not (_port_open(TEST_KAFKA) and _port_open("127.0.0.1:6379")):
+    redis_hostport = TEST_REDIS_URL.split("//", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+    if not (_port_open(TEST_KAFKA) and _port_open(redis_hostport)):
         subprocess.run(["bash", str(REPO_ROOT / "deploy/local/infra.sh"), "up"], check=True)
     yield
 
