@@ -593,14 +593,14 @@ class LLMPool:
             )
             return value, usage, completion.content
         await self.budget.settle(reservation, 0, 0.0)
-        if deadline.expired:
-            raise DeadlineExceeded("deadline passed before any endpoint answered") from last
         if refusals and len(refusals) == len(self.endpoints):
             # Nothing was sent: refuse with the soonest retry hint.
             soonest = min(
                 refusals, key=lambda e: e.retry_after if e.retry_after is not None else 1e9
             )
             raise soonest
+        if deadline.expired:
+            raise DeadlineExceeded("deadline passed before any endpoint answered") from last
         raise AllEndpointsFailed(
             "every LLM endpoint failed", retry_after=getattr(last, "retry_after", None)
         ) from last
