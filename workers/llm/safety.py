@@ -35,7 +35,7 @@ _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b
 # Phone numbers: an optional +country code, then 9+ digits in groups; needs a
 # separator or a + so that plain long ids and years are left alone.
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?)?\d{2,4}(?:[ .\-]\d{2,4}){1,4}(?!\w)"
+    r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?)?\d{2,5}(?:[ .\-]\d{2,6}){1,4}(?!\w)"
     r"|\+\d{9,15}(?!\d)"
 )
 _STREET_WORDS = (
