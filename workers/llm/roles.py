@@ -407,7 +407,8 @@ class LLM:
                 dl,
             )
         chunks = [candidates[i : i + window] for i in range(0, len(candidates), window)]
-        per_chunk = max(1, min(k, window // len(chunks) + 1))
+        # top k of every window survive, so the global top k always reach the final round
+        per_chunk = max(1, min(k, window))
         outcomes = await asyncio.gather(
             *(
                 self._run(
