@@ -59,12 +59,13 @@ async def ensure_topics(
                 if full not in existing
             ]
             created: list[str] = []
-            for topic in missing:
-                try:
-                    await admin.create_topics([topic])
-                    created.append(topic.name)
-                except TopicAlreadyExistsError:
-                    pass  # another process won the race; fine
+            if missing:
+                response = await admin.create_topics(missing)
+                for name, code, *_ in response.topic_errors:
+                    if code == 0:
+                        created.append(name)
+                    elif code != TopicAlreadyExistsError.errno:  # lost a race: fine
+                        raise ResourceError(f"cannot create topic {name}: error code {code}")
             if created:
                 logger.info("created topics %s with %d partitions", created, count)
             return created

@@ -25,6 +25,7 @@ __all__ = [
     "RedisSettings",
     "Secret",
     "Settings",
+    "StreamSettings",
     "env_bool",
     "env_float",
     "env_int",
@@ -144,12 +145,67 @@ class RedisSettings:
         )
 
 
+def _kinds(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozenset[str]:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
+    unknown = kinds - _KINDS
+    if unknown:
+        raise ConfigError(f"{PREFIX}{name}: unknown interaction kinds {sorted(unknown)}")
+    return kinds
+
+
+_KINDS: Final = frozenset({"view", "click", "add_to_cart", "purchase", "rating", "skip"})
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the stream processors batch, trigger and pick candidates."""
+
+    group_prefix: str = "recstream"
+    # Micro-batches: up to 500 records or 20 ms, whichever comes first. 20 ms
+    # bounds the latency a batch adds; 500 amortises Redis and ONNX calls.
+    batch_max: int = 500
+    batch_within_ms: int = 20
+    candidates_max: int = 200
+    # Users with fewer interactions than this are "cold": popular/fresh items
+    # (and, from the LLM issue on, an LLM path) instead of the model.
+    cold_threshold: int = 3
+    # Interactions of these kinds trigger a recommendation, at most one per
+    # user per debounce window (a burst of clicks yields one list, not ten).
+    trigger_kinds: frozenset[str] = frozenset({"purchase", "add_to_cart", "rating"})
+    debounce_ms: int = 30_000
+    exclude_kinds: frozenset[str] = frozenset(_KINDS)
+    catalog_poll_ms: int = 1000
+    web_port: int = 6066
+    # A consumer that has had records waiting this long without progress is stalled.
+    stall_after_s: float = 60.0
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> StreamSettings:
+        return cls(
+            group_prefix=env_str(env, "GROUP_PREFIX", cls.group_prefix),
+            batch_max=env_int(env, "BATCH_MAX", cls.batch_max, minimum=1),
+            batch_within_ms=env_int(env, "BATCH_WITHIN_MS", cls.batch_within_ms, minimum=1),
+            candidates_max=env_int(env, "CANDIDATES_MAX", cls.candidates_max, minimum=1),
+            cold_threshold=env_int(env, "COLD_THRESHOLD", cls.cold_threshold, minimum=0),
+            trigger_kinds=_kinds(env, "TRIGGER_KINDS", cls.trigger_kinds),
+            debounce_ms=env_int(env, "DEBOUNCE_MS", cls.debounce_ms, minimum=0),
+            exclude_kinds=_kinds(env, "EXCLUDE_KINDS", cls.exclude_kinds),
+            catalog_poll_ms=env_int(env, "CATALOG_POLL_MS", cls.catalog_poll_ms, minimum=50),
+            web_port=env_int(env, "WEB_PORT", cls.web_port, minimum=0),
+            stall_after_s=env_float(env, "STALL_AFTER_S", cls.stall_after_s),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration; build it with :meth:`from_env`."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     model: ModelSettings = field(default_factory=lambda: _model_settings()())  # noqa: PLW0108 - lazy import
     llm: LLMSettings = field(default_factory=lambda: _llm_settings()())  # noqa: PLW0108 - lazy import
     # Local runtime folder: infra data, logs, model artifacts (dev default).
@@ -167,6 +223,7 @@ class Settings:
         return cls(
             kafka=KafkaSettings.from_mapping(env),
             redis=RedisSettings.from_mapping(env),
+            stream=StreamSettings.from_mapping(env),
             model=_model_settings().from_mapping(env),
             llm=_llm_settings().from_mapping(env),
             home=Path(env_str(env, "HOME", str(REPO_ROOT / ".local"))),

@@ -1,0 +1,232 @@
+"""Per-user preference state in Redis, updated idempotently by one Lua script.
+
+Keys of one user share the hash tag ``{user_id}`` so that the script, which
+touches all of them, runs in one slot of a Redis Cluster:
+
+    <prefix>:u:{<user>}:h    list   recent items, most recent first, unique, bounded
+    <prefix>:u:{<user>}:c    hash   counters: n, n:<kind>, first_ts, last_ts
+    <prefix>:u:{<user>}:a    hash   attribute affinities (integer weights)
+    <prefix>:u:{<user>}:d    zset   applied event ids -> time applied (dedupe, TTL)
+    <prefix>:u:{<user>}:x    zset   consumed items -> event time (excluded from lists), bounded
+
+The script applies all of one user's events of a micro-batch at once and
+returns the ids it applied; an event id it has seen before changes nothing, so
+Kafka's at-least-once redelivery leaves the state as one delivery would.
+Calls for all users of a batch go in one non-transactional pipeline.
+
+Global statistics (popularity per hourly bucket) are updated afterwards for
+the newly applied events only. They are approximate by design: a crash between
+the two round trips can lose a batch's increments, never double them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from contracts import Interaction
+from workers import constants as c
+from workers.errors import StateStoreError
+from workers.resources import RedisResource
+
+__all__ = ["ApplyResult", "UserState", "UserStateStore"]
+
+logger = logging.getLogger(__name__)
+
+_SEP = "\x1f"
+
+# KEYS: hist, counters, affinity, dedupe, excluded
+# ARGV: now_ms, dedupe_ttl_ms, dedupe_max, history_max, then 8 per event: event_id,
+#       item_id, kind, ts_ms, weight, in_history, excluded ("1"/"0"), attrs (\x1f-joined)
+_APPLY_LUA = """
+local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local dmax = tonumber(ARGV[3])
+local hmax = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - ttl)
+local applied = {}
+local pushed = false
+local i = 5
+while i <= #ARGV do
+  local eid, item, kind, ts = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
+  local weight, in_hist, excl, attrs = tonumber(ARGV[i+4]), ARGV[i+5], ARGV[i+6], ARGV[i+7]
+  i = i + 8
+  if redis.call('ZADD', KEYS[4], 'NX', now, eid) == 1 then
+    if in_hist == '1' then
+      redis.call('LREM', KEYS[1], 0, item)
+      redis.call('LPUSH', KEYS[1], item)
+      pushed = true
+    end
+    if excl == '1' then redis.call('ZADD', KEYS[5], ts, item) end
+    redis.call('HINCRBY', KEYS[2], 'n', 1)
+    redis.call('HINCRBY', KEYS[2], 'n:' .. kind, 1)
+    local last = tonumber(redis.call('HGET', KEYS[2], 'last_ts') or '-1')
+    if ts > last then redis.call('HSET', KEYS[2], 'last_ts', ts) end
+    local first = tonumber(redis.call('HGET', KEYS[2], 'first_ts') or '-1')
+    if first < 0 or ts < first then redis.call('HSET', KEYS[2], 'first_ts', ts) end
+    if weight ~= 0 and attrs ~= '' then
+      for attr in string.gmatch(attrs, '[^\\31]+') do
+        redis.call('HINCRBY', KEYS[3], attr, weight)
+      end
+    end
+    applied[#applied + 1] = eid
+  end
+end
+if pushed then redis.call('LTRIM', KEYS[1], 0, hmax - 1) end
+local size = redis.call('ZCARD', KEYS[4])
+if size > dmax then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, size - dmax - 1) end
+local xsize = redis.call('ZCARD', KEYS[5])
+if xsize > hmax * 10 then redis.call('ZREMRANGEBYRANK', KEYS[5], 0, xsize - hmax * 10 - 1) end
+return applied
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What a batch did: events applied for the first time, and duplicates skipped."""
+
+    applied: int
+    duplicates: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """A user's state as scoring and policy read it."""
+
+    user_id: str
+    history: tuple[str, ...]  # most recent first
+    counters: Mapping[str, int]
+    affinities: Mapping[str, int]
+    excluded: frozenset[str] = frozenset()
+
+    @property
+    def interactions(self) -> int:
+        return self.counters.get("n", 0)
+
+
+def event_weight(event: Interaction) -> int:
+    if event.kind == "rating" and event.rating is not None:
+        return c.rating_weight(event.rating)
+    return c.KIND_WEIGHT[event.kind]
+
+
+class UserStateStore:
+    """Reads and idempotently updates per-user state (see module docstring)."""
+
+    def __init__(
+        self,
+        redis: RedisResource,
+        *,
+        history_max: int = c.HISTORY_MAX,
+        exclude_kinds: frozenset[str] = c.EXCLUDE_KINDS,
+    ) -> None:
+        self._redis = redis
+        self._history_max = history_max
+        self._exclude_kinds = exclude_kinds
+        self._script = redis.client.register_script(_APPLY_LUA)
+
+    def _keys(self, user_id: str) -> list[str]:
+        tag = "{" + user_id + "}"
+        return [self._redis.key("u", tag, s) for s in ("h", "c", "a", "d", "x")]
+
+    def pop_key(self, bucket: int) -> str:
+        return self._redis.key("pop", bucket)
+
+    async def apply(
+        self,
+        events: Sequence[Interaction],
+        item_attributes: Mapping[str, Iterable[str]] | None = None,
+        *,
+        now_ms: int | None = None,
+    ) -> ApplyResult:
+        """Apply a micro-batch atomically per user; return counts. Raises StateStoreError."""
+        if not events:
+            return ApplyResult(0, 0, 0)
+        attrs = item_attributes or {}
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        by_user: dict[str, list[Interaction]] = defaultdict(list)
+        for event in events:
+            by_user[event.user_id].append(event)
+        head = [now, c.DEDUPE_TTL_MS, c.DEDUPE_MAX_PER_USER, self._history_max]
+        client = self._redis.client
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for user_id, user_events in by_user.items():
+                    args: list[str | int] = list(head)
+                    for e in user_events:
+                        args += [
+                            e.event_id,
+                            e.item_id,
+                            e.kind,
+                            e.ts_ms,
+                            event_weight(e),
+                            "1" if e.kind in c.HISTORY_KINDS else "0",
+                            "1" if e.kind in self._exclude_kinds else "0",
+                            _SEP.join(attrs.get(e.item_id, ())),
+                        ]
+                    await self._script(keys=self._keys(user_id), args=args, client=pipe)
+                replies = await pipe.execute()
+            applied_ids = {eid for reply in replies for eid in reply}
+            applied = [e for e in events if e.event_id.encode() in applied_ids]
+            if applied:
+                await self._count_popularity(applied)
+        except RedisError as exc:
+            raise StateStoreError(f"state update failed: {exc}") from exc
+        return ApplyResult(len(applied), len(events) - len(applied), len(by_user))
+
+    async def _count_popularity(self, applied: Sequence[Interaction]) -> None:
+        counts: dict[tuple[int, str], int] = defaultdict(int)
+        latest = 0
+        for e in applied:
+            if e.kind in c.HISTORY_KINDS:
+                counts[(e.ts_ms // c.POPULARITY_BUCKET_MS, e.item_id)] += 1
+            latest = max(latest, e.ts_ms)
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            for (bucket, item), n in counts.items():
+                pipe.zincrby(self.pop_key(bucket), n, item)
+            for bucket in {b for b, _ in counts}:
+                pipe.expire(self.pop_key(bucket), c.POPULARITY_BUCKET_TTL_S, nx=True)
+            # The event-time watermark: "trending" is relative to the data, so a
+            # replay of old events still has a meaningful window.
+            pipe.eval(
+                "local v = tonumber(redis.call('GET', KEYS[1]) or '0') "
+                "if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end",
+                1,
+                self._redis.key("pop", "watermark"),
+                latest,
+            )
+            await pipe.execute()
+
+    async def load(self, user_ids: Sequence[str], *, history: int = 50) -> list[UserState]:
+        """Read several users' state in one pipeline."""
+        client = self._redis.client
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for user_id in user_ids:
+                    hist, counters, affinity, _, excluded = self._keys(user_id)
+                    pipe.lrange(hist, 0, history - 1)
+                    pipe.hgetall(counters)
+                    pipe.hgetall(affinity)
+                    pipe.zrange(excluded, 0, -1)
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StateStoreError(f"state read failed: {exc}") from exc
+        out = []
+        for n, user_id in enumerate(user_ids):
+            hist, counters, affinity, excluded = replies[4 * n : 4 * n + 4]
+            out.append(
+                UserState(
+                    user_id=user_id,
+                    history=tuple(h.decode() for h in hist),
+                    counters={k.decode(): int(v) for k, v in counters.items()},
+                    affinities={k.decode(): int(v) for k, v in affinity.items()},
+                    excluded=frozenset(x.decode() for x in excluded),
+                )
+            )
+        return out
