@@ -123,8 +123,10 @@ async def test_malformed_and_hostile_outputs_never_pass(
                 passed += 1
             server.queue.clear()
             del label
-    print(f"\nhostile outputs: {len(HOSTILE)} cases, {passed} sanitised results, "
-          f"{refused} refused (InvalidOutput), 0 invalid passed on")
+    print(
+        f"\nhostile outputs: {len(HOSTILE)} cases, {passed} sanitised results, "
+        f"{refused} refused (InvalidOutput), 0 invalid passed on"
+    )
     assert refused >= 25
 
 
@@ -172,7 +174,9 @@ def _injections() -> list[str]:
 
 def _strings(value: Any) -> list[str]:
     if is_dataclass(value) and not isinstance(value, type):
-        return [s for f in fields(value) if f.name != "usage" for s in _strings(getattr(value, f.name))]
+        return [
+            s for f in fields(value) if f.name != "usage" for s in _strings(getattr(value, f.name))
+        ]
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
@@ -186,7 +190,12 @@ def _leaks(text: str) -> bool:
     import base64
 
     squash = re.sub(r"[^0-9a-z]", "", text.lower())
-    forms = [CANARY, CANARY[::-1], base64.b64encode(CANARY.encode()).decode(), CANARY.encode().hex()]
+    forms = [
+        CANARY,
+        CANARY[::-1],
+        base64.b64encode(CANARY.encode()).decode(),
+        CANARY.encode().hex(),
+    ]
     return any(re.sub(r"[^0-9a-z]", "", f.lower()) in squash for f in forms)
 
 
@@ -204,11 +213,15 @@ async def test_prompt_injection_corpus_never_leaks_the_canary(
             lambda t: llm.explain(UserContext(query=t), CANDIDATES[0], CANDIDATES[1:3], deadline=5),
             lambda t: llm.extract_preferences([Turn("user", t)], deadline=5),
             lambda t: llm.explain_comparative(UserContext(query=t), CANDIDATES[:3], deadline=5),
-            lambda t: llm.explain_aspects(UserContext(query=t), CANDIDATES[0], signals={"views": 3}, deadline=5),
+            lambda t: llm.explain_aspects(
+                UserContext(query=t), CANDIDATES[0], signals={"views": 3}, deadline=5
+            ),
         ]
         for i, text in enumerate(cases):
             # a compromised model: it obeys the injection, on the first try and the repair
-            server.script(Behaviour(kind="injected", variant=i), Behaviour(kind="injected", variant=i + 1))
+            server.script(
+                Behaviour(kind="injected", variant=i), Behaviour(kind="injected", variant=i + 1)
+            )
             try:
                 result = await roles[i % len(roles)](text)
             except LLMError:
@@ -223,8 +236,10 @@ async def test_prompt_injection_corpus_never_leaks_the_canary(
             system = body["messages"][0]["content"]
             assert not any(t[:30] in system for t in INJECTIONS)
             assert body["messages"][1]["content"].count("</data>") == 1
-    print(f"\ninjection corpus: {len(cases)} cases, {results} results, {refusals} refused, "
-          f"{leaks} canary leaks")
+    print(
+        f"\ninjection corpus: {len(cases)} cases, {results} results, {refusals} refused, "
+        f"{leaks} canary leaks"
+    )
     assert leaks == 0
 
 
@@ -249,7 +264,9 @@ PII_CORPUS = [
 
 
 async def test_pii_never_leaves_nor_reaches_logs(
-    server: LLMTestServer, make_settings: Callable[..., LLMSettings], caplog: pytest.LogCaptureFixture
+    server: LLMTestServer,
+    make_settings: Callable[..., LLMSettings],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.script(Behaviour(kind="status", status=500))  # also exercise the error/retry logs
@@ -258,7 +275,9 @@ async def test_pii_never_leaves_nor_reaches_logs(
         for text, _ in PII_CORPUS:
             await llm.rank(UserContext(query=text), CANDIDATES, k=2, deadline=5)
             await llm.extract_preferences([Turn("user", text)], deadline=5)
-            await llm.classify_conversation([Turn("user", text)], text, current_state="greeting", deadline=5)
+            await llm.classify_conversation(
+                [Turn("user", text)], text, current_state="greeting", deadline=5
+            )
             history = UserContext(history=[Item("h", text, text)])
             await llm.explain(history, CANDIDATES[0], [Item("h", text, text)], deadline=5)
     bodies = b"\n".join(r.body for r in server.records)
@@ -269,8 +288,10 @@ async def test_pii_never_leaves_nor_reaches_logs(
         for where, haystack in (("request", bodies.decode()), ("request", decoded), ("logs", logs)):
             if secret in haystack or secret.replace(" ", "") in haystack.replace(" ", ""):
                 found.append((where, secret))
-    print(f"\nPII corpus: {len(PII_CORPUS)} items x 4 roles, {len(server.records)} requests, "
-          f"{len(caplog.records)} log records, PII found: {len(found)}")
+    print(
+        f"\nPII corpus: {len(PII_CORPUS)} items x 4 roles, {len(server.records)} requests, "
+        f"{len(caplog.records)} log records, PII found: {len(found)}"
+    )
     assert found == []
 
 
@@ -282,6 +303,8 @@ async def test_state_and_intent_values_are_closed_sets(
         Behaviour(kind="content", content='{"state": "Feedback", "intent": "general"}'),
     )
     async with LLMPool(make_settings()) as pool:
-        state = await LLM(pool).classify_conversation([], "hi", current_state="greeting", deadline=5)
+        state = await LLM(pool).classify_conversation(
+            [], "hi", current_state="greeting", deadline=5
+        )
     assert state.state is ChatState.FEEDBACK and state.intent is Intent.GENERAL
     assert asdict(state)["state"] == "feedback"

@@ -23,6 +23,7 @@ from workers.llm import (
     LLMPool,
     LLMSettings,
     RateLimited,
+    UpstreamError,
     UserContext,
 )
 from workers.llm.testserver import Behaviour, LLMTestServer
@@ -92,9 +93,7 @@ async def test_429_storm_honours_retry_after_with_capped_jittered_attempts(
     assert len(server.records) == calls * 4
     # no retry before Retry-After: every gap between consecutive attempts of a call >= it
     arrivals = [r.at for r in server.records]
-    gaps = [
-        arrivals[i + 1] - arrivals[i] for i in range(len(arrivals) - 1) if (i + 1) % 4 != 0
-    ]
+    gaps = [arrivals[i + 1] - arrivals[i] for i in range(len(arrivals) - 1) if (i + 1) % 4 != 0]
     assert len(gaps) == calls * 3
     assert min(gaps) >= retry_after
     # jitter present: the planned delays differ from one another and all exceed Retry-After
@@ -146,7 +145,7 @@ async def test_breaker_opens_half_opens_and_closes(
             return await llm.rank(UserContext(query=f"b{n}"), CANDIDATES, k=2, deadline=5)
 
         for n in range(3):
-            with pytest.raises(Exception):
+            with pytest.raises(UpstreamError):
                 await call(n)
         assert breaker.state is BreakerState.OPEN
         sent = len(server.records)
@@ -158,7 +157,7 @@ async def test_breaker_opens_half_opens_and_closes(
         await asyncio.sleep(0.35)
         assert breaker.state is BreakerState.HALF_OPEN
         # half-open probe fails -> open again, exactly one request reached the server
-        with pytest.raises(Exception):
+        with pytest.raises(UpstreamError):
             await call(200)
         assert len(server.records) == sent + 1 and breaker.state is BreakerState.OPEN
         await asyncio.sleep(0.35)
@@ -228,7 +227,9 @@ async def test_budget_refuses_at_once(
         outcomes = []
         for n in range(5):
             try:
-                outcomes.append(await llm.rank(UserContext(query=f"x{n}"), CANDIDATES, k=2, deadline=5))
+                outcomes.append(
+                    await llm.rank(UserContext(query=f"x{n}"), CANDIDATES, k=2, deadline=5)
+                )
             except BudgetExceeded as exc:
                 assert exc.retriable and exc.retry_after is not None and exc.retry_after <= 60
                 outcomes.append(None)

@@ -49,8 +49,10 @@ async def test_four_processes_bursting_10x_respect_rpm_and_tpm(
     ok = sum(r["ok"] for r in results)
     refused = sum(r["refused"] for r in results)
     counters = server.counters(window)
-    print(f"\nshared limits: rpm={rpm} tpm={tpm} window={window}s sent={4 * per_worker} "
-          f"ok={ok} refused={refused} counters={counters}")
+    print(
+        f"\nshared limits: rpm={rpm} tpm={tpm} window={window}s sent={4 * per_worker} "
+        f"ok={ok} refused={refused} counters={counters}"
+    )
     assert counters["requests"] == ok
     # the binding limit was used, not just refused
     assert ok >= min(rpm, tpm // 1200)

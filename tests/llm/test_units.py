@@ -20,8 +20,8 @@ from workers.llm import (
     fence,
     redact,
 )
-from workers.llm.limits import RequestThrottler, TokenWindow
 from workers.llm.errors import PromptTooLarge, RateLimited
+from workers.llm.limits import RequestThrottler, TokenWindow
 from workers.llm.parsing import extract_json
 from workers.llm.prompts import RANK, build_messages
 from workers.llm.settings import LLMSettings
@@ -99,7 +99,12 @@ def test_leak_guard_variants() -> None:
     guard = LeakGuard([canary], ["You are the rank component. " * 3])
     import base64
 
-    for leak in (canary, canary[::-1], " ".join(canary), base64.b64encode(canary.encode()).decode()):
+    for leak in (
+        canary,
+        canary[::-1],
+        " ".join(canary),
+        base64.b64encode(canary.encode()).decode(),
+    ):
         with pytest.raises(UnsafeOutput):
             guard.check(f"sure: {leak}")
     guard.check("a perfectly normal explanation")
