@@ -1,0 +1,17 @@
+"""Training, evaluation and ONNX export of recstream's recommender (training venv only).
+
+Everything here needs torch and runs in ``.venv-train``; the worker environment
+never imports this package (``recstream train|evaluate|export`` re-execute the
+training interpreter, see :mod:`workers.model.launch`). The runtime side that
+loads the exported artifacts is :mod:`workers.model`.
+
+Modules, one job each:
+
+- ``data``     MovieLens-100k from the RecBole wheel, item text, the splits.
+- ``text``     all-MiniLM-L6-v2 (offline wheel): item text embeddings, ONNX wrapper.
+- ``models``   SASRec, BPR-MF, A-LLMRec stage 1, and the inference wrappers.
+- ``metrics``  ranking metrics and the three evaluation protocols.
+- ``train``    the training pipeline (``recstream train``).
+- ``evaluate`` the evaluation report (``recstream evaluate``).
+- ``export``   ONNX export + parity + model directory (``recstream export``).
+"""

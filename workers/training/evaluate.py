@@ -1,0 +1,193 @@
+"""``recstream evaluate``: popularity, BPR-MF, SASRec and A-LLMRec on one split.
+
+Every figure is printed with the protocol that produced it (see
+:data:`workers.training.metrics.PROTOCOLS`), and the whole report is written
+as JSON (``<run>/metrics.json`` or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.training.data import Dataset
+from workers.training.metrics import (
+    PROTOCOLS,
+    Case,
+    ScoreFn,
+    evaluate_cases,
+    popularity_percentile,
+)
+from workers.training.train import Trained, left_pad, load_run
+
+__all__ = ["build_cases", "evaluate_run", "item_tables", "main", "print_report"]
+
+SAMPLE_SEED = 2024  # fixed negatives of the 1+19 protocols
+N_NEGATIVES = 19
+
+
+def _sample(rng: np.random.Generator, pool: np.ndarray, seen: set[int], k: int) -> list[int]:
+    out: list[int] = []
+    chosen: set[int] = set()
+    while len(out) < k:
+        item = int(pool[rng.integers(len(pool))])
+        if item not in seen and item not in chosen:
+            chosen.add(item)
+            out.append(item)
+    return out
+
+
+def build_cases(data: Dataset) -> dict[str, Case]:
+    """The five protocols' test cases (deterministic for a given split)."""
+    warm_mask = data.warm_mask
+    all_mask = np.ones(data.n_items + 1, dtype=bool)
+    all_mask[0] = False
+    cold_mask = ~warm_mask
+    cold_mask[0] = False
+    users = np.flatnonzero(data.test > 0)
+    hists = [data.train_seqs[u] + [int(data.valid[u])] for u in users]
+    rng = np.random.default_rng(SAMPLE_SEED)
+    warm_pool = np.flatnonzero(warm_mask)
+    all_pool = np.flatnonzero(all_mask)
+    sampled = np.array([[data.test[u], *_sample(rng, warm_pool, data.all_items_of_user[u],
+                                                  N_NEGATIVES)] for u in users])
+    cu = data.cold_users
+    cold_ex = [sorted(set(data.train_seqs[u]) | {int(data.valid[u]), int(data.test[u])} - {0})
+               for u in cu]
+    cold_sampled = np.array([[t, *_sample(rng, all_pool, data.all_items_of_user[u], N_NEGATIVES)]
+                             for u, t in zip(cu, data.cold_target, strict=True)]).reshape(-1, 20)
+    return {
+        "full": Case(users, hists, data.test[users], None, warm_mask, hists),
+        "sampled": Case(users, hists, data.test[users], sampled, warm_mask, hists),
+        "cold_full": Case(cu, data.cold_hist, data.cold_target, None, all_mask, cold_ex),
+        "cold_catalog": Case(cu, data.cold_hist, data.cold_target, None, cold_mask, cold_ex),
+        "cold_sampled": Case(cu, data.cold_hist, data.cold_target, cold_sampled, all_mask,
+                             cold_ex),
+    }
+
+
+@torch.no_grad()
+def item_tables(trained: Trained) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item_input [N+1, d], item_joint [N+1, d+1]) as exported for the workers.
+
+    With j(t) = item_dec(text_enc(t)), the stage-1 text path into SASRec's space,
+    and the hybrid head's weights (w_text, w_pop) chosen on validation:
+
+    - warm item: input = e (SASRec item embedding);
+      joint = [e + w_text * j(t), w_pop * log(1 + training count)]
+    - cold item, or any item added at run time (text only):
+      input = j(t); joint = [(1 + w_text) * j(t), 0]
+    - row 0 (padding) is zero.
+    """
+    data, sas, s1 = trained.data, trained.sasrec, trained.stage1
+    w_text, w_pop = trained.fusion["text"], trained.fusion["pop"]
+    warm = torch.from_numpy(np.flatnonzero(data.warm_mask))
+    cold = torch.from_numpy(data.cold_items)
+    emb = sas.item_emb.weight.detach()
+    j_text = s1.joint_from_text(trained.text)
+    logpop = torch.log1p(torch.from_numpy(data.train_popularity()).float())
+    item_input = torch.zeros_like(emb)
+    item_joint = torch.zeros(emb.shape[0], emb.shape[1] + 1)
+    item_input[warm] = emb[warm]
+    item_joint[warm, :-1] = emb[warm] + w_text * j_text[warm]
+    item_joint[warm, -1] = w_pop * logpop[warm]
+    item_input[cold] = j_text[cold]
+    item_joint[cold, :-1] = (1.0 + w_text) * j_text[cold]
+    return item_input, item_joint
+
+
+def score_functions(trained: Trained) -> dict[str, ScoreFn]:
+    cfg, data, sas = trained.config, trained.data, trained.sasrec
+    counts = torch.from_numpy(data.train_popularity()).double()
+    item_input, item_joint = item_tables(trained)
+    sas_table = sas.item_emb.weight.detach()
+
+    def popularity(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+        return counts.expand(len(hists), -1).numpy()
+
+    @torch.no_grad()
+    def bpr(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+        return trained.bpr.scores(torch.from_numpy(users)).numpy()
+
+    @torch.no_grad()
+    def sasrec(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+        u = sas.user(left_pad(list(hists), cfg.max_len))
+        return (u @ sas_table.T).numpy()
+
+    @torch.no_grad()
+    def allmrec(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+        u = sas.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
+        return (u @ item_joint[:, :-1].T + item_joint[:, -1]).numpy()
+
+    return {"Popularity": popularity, "BPR-MF": bpr, "SASRec": sasrec, "A-LLMRec": allmrec}
+
+
+def evaluate_run(trained: Trained) -> dict[str, Any]:
+    data = trained.data
+    started = time.perf_counter()
+    pct = popularity_percentile(data.train_popularity(), data.warm_mask)
+    cases = build_cases(data)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for proto, case in cases.items():
+        results[proto] = {
+            name: evaluate_cases(case, fn, pct, seed=trained.config.seed)
+            for name, fn in score_functions(trained).items()
+        }
+    return {
+        "dataset": "MovieLens-100k (RecBole 1.2.1 wheel)" if not trained.config.synthetic
+        else "synthetic",
+        "data_hash": data.data_hash,
+        "split": {
+            "users": data.n_users, "items": data.n_items, "cold_items": len(data.cold_items),
+            "cold_fraction": trained.config.cold_fraction, "seed": trained.config.seed,
+            "test_users": len(cases["full"].targets), "cold_test_users": len(data.cold_users),
+        },
+        "protocols": {k: PROTOCOLS[k] for k in cases},
+        "results": results,
+        "training": trained.history,
+        "eval_seconds": time.perf_counter() - started,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    split = report["split"]
+    print(f"\nDataset: {report['dataset']}  ({report['data_hash'][:24]}...)")
+    print(f"Split: chronological leave-one-out, seed {split['seed']}; {split['users']} users, "
+          f"{split['items']} items, {split['cold_items']} cold items held out of training; "
+          f"{split['test_users']} test users, {split['cold_test_users']} cold test users")
+    for proto, models in report["results"].items():
+        print(f"\n[{proto}] {report['protocols'][proto]}")
+        metrics = [m for m in next(iter(models.values())) if m != "n"]
+        print(f"  {'model':<12}" + "".join(f"{m:>13}" for m in metrics))
+        for name, values in models.items():
+            print(f"  {name:<12}" + "".join(f"{values[m]:>13.4f}" for m in metrics))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workers.settings import Settings
+
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(prog="recstream evaluate", description=__doc__)
+    parser.add_argument("--home", type=Path, default=settings.home)
+    parser.add_argument("--run", type=Path, default=None, help="run folder (default: latest)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output path")
+    args = parser.parse_args(argv)
+    run_dir = args.run or max((args.home / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    trained = load_run(run_dir, args.home / "cache")
+    report = evaluate_run(trained)
+    print_report(report)
+    out = args.out or run_dir / "metrics.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

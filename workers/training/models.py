@@ -1,0 +1,206 @@
+"""SASRec, BPR-MF and A-LLMRec stage 1 in torch, plus the exported wrappers.
+
+``forward``-style training code and the inference wrappers are kept apart:
+the wrappers (:class:`UserEncoder`, :class:`CandidateScorer`,
+:class:`TextToJoint`) take tensors and return tensors, so ONNX export is a
+pure function of tensors. Masks are built from ``arange`` comparisons (no
+``eye``/``tril``), which export cleanly to onnxruntime's CPU provider.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "BPRMF",
+    "ALLMRecStage1",
+    "CandidateScorer",
+    "SASRec",
+    "TextToJoint",
+    "UserEncoder",
+]
+
+
+class _Block(nn.Module):
+    """One SASRec block: pre-LN causal self-attention + point-wise FFN."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(dim, eps=1e-8)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim, eps=1e-8)
+        self.ff1 = nn.Linear(dim, dim)
+        self.ff2 = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        h = self.n_heads
+        q_in = self.ln1(x)
+        # Queries come from the normalised input, keys/values from the raw one (as SASRec).
+        q = self.q(q_in)
+        k, v = self.kv(x).split(dim, dim=-1)
+        q = q.view(b, length, h, dim // h).transpose(1, 2)
+        k = k.view(b, length, h, dim // h).transpose(1, 2)
+        v = v.view(b, length, h, dim // h).transpose(1, 2)
+        att = q @ k.transpose(-1, -2) / math.sqrt(dim // h)
+        # A large finite negative, not -inf: fully masked (padding) rows stay finite.
+        att = att.masked_fill(~allowed, -1e9).softmax(dim=-1)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, length, dim)
+        x = q_in + self.drop(self.out(y))
+        z = self.ln2(x)
+        return z + self.drop(self.ff2(self.drop(F.relu(self.ff1(z)))))
+
+
+class SASRec(nn.Module):
+    """Causal self-attention over the last ``max_len`` items (Kang & McAuley, 2018).
+
+    Histories are left-padded with 0; the user representation is the output at
+    the last position. Items are scored by dot product with the item table.
+    """
+
+    def __init__(
+        self, n_items: int, dim: int = 64, max_len: int = 50, *, n_blocks: int = 2,
+        n_heads: int = 1, dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.dim, self.max_len = dim, max_len
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(dim, n_heads, dropout) for _ in range(n_blocks))
+        self.ln = nn.LayerNorm(dim, eps=1e-8)
+        nn.init.normal_(self.item_emb.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def sequence(self, hist: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, d] for histories [B, L] using input item ``table``."""
+        length = hist.shape[1]
+        positions = torch.arange(length, device=hist.device)
+        x = table[hist] * math.sqrt(self.dim) + self.pos_emb(positions + (self.max_len - length))
+        keep = (hist > 0).unsqueeze(-1).to(x.dtype)
+        x = self.drop(x) * keep
+        causal = positions.unsqueeze(0) <= positions.unsqueeze(1)  # [L(query), L(key)]
+        allowed = causal.unsqueeze(0).unsqueeze(0) & (hist > 0).unsqueeze(1).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, allowed) * keep
+        return self.ln(x)
+
+    def forward(self, hist: torch.Tensor) -> torch.Tensor:
+        return self.sequence(hist, self.item_emb.weight)
+
+    def user(self, hist: torch.Tensor) -> torch.Tensor:
+        return self.forward(hist)[:, -1, :]
+
+
+class BPRMF(nn.Module):
+    """Matrix factorisation trained with the BPR pairwise loss (Rendle et al., 2009)."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64) -> None:
+        super().__init__()
+        self.user_emb = nn.Embedding(n_users, dim)
+        self.item_emb = nn.Embedding(n_items + 1, dim)
+        nn.init.normal_(self.user_emb.weight, std=0.1)
+        nn.init.normal_(self.item_emb.weight, std=0.1)
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        u = self.user_emb(users)
+        diff = (u * (self.item_emb(pos) - self.item_emb(neg))).sum(-1)
+        return -F.logsigmoid(diff).mean()
+
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_emb(users) @ self.item_emb.weight.T
+
+
+class ALLMRecStage1(nn.Module):
+    """A-LLMRec stage 1 (Kim et al., KDD 2024): aligning collaborative and text spaces.
+
+    Item autoencoder over the frozen SASRec item embeddings and text autoencoder
+    over the MiniLM text embeddings, both into a ``joint_dim`` space with a
+    sigmoid (as the paper's code). Losses: matching (MSE between the two
+    encodings) + alpha * item reconstruction + beta * text reconstruction +
+    recommendation (softmax cross-entropy of the frozen SASRec user
+    representation against the decoded joint embeddings of all training items,
+    for both the item path and the text path).
+
+    The *joint item embedding* used for scoring lives in SASRec's space: it is
+    the item decoder applied to the joint code, ``item_dec(z)``, where ``z`` is
+    the item path's code for a warm item and the text path's for a cold one.
+    """
+
+    def __init__(self, item_dim: int, text_dim: int = 384, joint_dim: int = 128) -> None:
+        super().__init__()
+        self.item_enc = nn.Linear(item_dim, joint_dim)
+        self.item_dec = nn.Linear(joint_dim, item_dim)
+        self.text_enc = nn.Linear(text_dim, joint_dim)
+        self.text_dec = nn.Linear(joint_dim, text_dim)
+
+    def encode_item(self, emb: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.item_enc(emb))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.text_enc(text))
+
+    def joint_from_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.item_dec(self.encode_text(text))
+
+    def joint_from_item(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.item_dec(self.encode_item(emb))
+
+
+class UserEncoder(nn.Module):
+    """Exported: (histories [B, L] int64, item_input [N, d]) -> user vectors [B, d]."""
+
+    def __init__(self, sasrec: SASRec) -> None:
+        super().__init__()
+        self.sasrec = sasrec
+
+    def forward(self, histories: torch.Tensor, item_input: torch.Tensor) -> torch.Tensor:
+        return self.sasrec.sequence(histories, item_input)[:, -1, :]
+
+
+class CandidateScorer(nn.Module):
+    """Exported: (histories [B, L], candidates [B, C], item_input [N, d], item_joint [N, d+1])
+    -> scores [B, C] = <user, item_joint[c, :d]> + item_joint[c, d].
+
+    The last column of the joint table is the hybrid head's per-item prior
+    (weighted log-popularity); new items get 0 until a worker updates it.
+    """
+
+    def __init__(self, sasrec: SASRec) -> None:
+        super().__init__()
+        self.encoder = UserEncoder(sasrec)
+
+    def forward(
+        self, histories: torch.Tensor, candidates: torch.Tensor,
+        item_input: torch.Tensor, item_joint: torch.Tensor,
+    ) -> torch.Tensor:
+        user = self.encoder(histories, item_input)
+        rows = item_joint[candidates]
+        dim = user.shape[-1]
+        return (rows[..., :dim] * user.unsqueeze(1)).sum(-1) + rows[..., dim]
+
+
+class TextToJoint(nn.Module):
+    """Exported: text embeddings [N, 384] -> (joint [N, d], item_input [N, d]).
+
+    ``joint`` is the scoring embedding of a new item; ``item_input`` is what
+    SASRec reads when the item later appears in a history (the same decoded
+    vector: the reconstruction loss trains it to stand in for the item embedding).
+    """
+
+    def __init__(self, stage1: ALLMRecStage1) -> None:
+        super().__init__()
+        self.stage1 = stage1
+
+    def forward(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        joint = self.stage1.joint_from_text(text_embeddings)
+        return joint, joint.clone()
