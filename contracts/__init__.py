@@ -16,6 +16,7 @@ from contracts import topics
 from contracts._codec import CODECS, MAX_INPUT_BYTES, Codec, load_schema
 from contracts._errors import ContractViolation, DecodeError, RecstreamError
 from contracts._events import (
+    AttributeValue,
     CatalogChange,
     Cause,
     ChatMessage,
@@ -37,6 +38,7 @@ from contracts._ids import derive_id
 __all__ = [
     "CODECS",
     "MAX_INPUT_BYTES",
+    "AttributeValue",
     "CatalogChange",
     "Cause",
     "ChatMessage",

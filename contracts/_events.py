@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "AttributeValue",
     "CatalogChange",
     "Cause",
     "ChatMessage",

@@ -12,7 +12,8 @@ from contracts import Interaction
 from workers import constants as c
 from workers.resources import RedisResource
 from workers.settings import Settings
-from workers.state import UserState, UserStateStore, event_weight
+from tests.offline import recompute
+from workers.state import UserState, UserStateStore
 
 pytestmark = pytest.mark.integration
 
@@ -39,38 +40,7 @@ def _events(n: int, seed: int = 7) -> list[Interaction]:
 
 
 def offline(events: list[Interaction], history_max: int = c.HISTORY_MAX) -> dict[str, UserState]:
-    """The state recomputed from scratch in plain Python, for comparison."""
-    hist: dict[str, list[str]] = {}
-    counters: dict[str, dict[str, int]] = {}
-    aff: dict[str, dict[str, int]] = {}
-    excl: dict[str, set[str]] = {}
-    seen: set[str] = set()
-    for e in events:
-        if e.event_id in seen:
-            continue
-        seen.add(e.event_id)
-        h = hist.setdefault(e.user_id, [])
-        if e.kind in c.HISTORY_KINDS:
-            if e.item_id in h:
-                h.remove(e.item_id)
-            h.insert(0, e.item_id)
-            del h[history_max:]
-        if e.kind in c.EXCLUDE_KINDS:
-            excl.setdefault(e.user_id, set()).add(e.item_id)
-        cn = counters.setdefault(e.user_id, {})
-        cn["n"] = cn.get("n", 0) + 1
-        cn[f"n:{e.kind}"] = cn.get(f"n:{e.kind}", 0) + 1
-        cn["last_ts"] = max(cn.get("last_ts", -1), e.ts_ms)
-        cn["first_ts"] = min(cn.get("first_ts", e.ts_ms), e.ts_ms)
-        w = event_weight(e)
-        if w:
-            a = aff.setdefault(e.user_id, {})
-            for g in GENRES[e.item_id]:
-                a[g] = a.get(g, 0) + w
-    return {
-        u: UserState(u, tuple(hist[u]), counters[u], aff.get(u, {}), frozenset(excl.get(u, ())))
-        for u in counters
-    }
+    return recompute(events, lambda item: GENRES[item], history_max=history_max)
 
 
 async def _state(store: UserStateStore, users: list[str]) -> dict[str, UserState]:

@@ -1,0 +1,77 @@
+"""``recstream worker``: run the stream processors of one or more roles."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from typing import Any
+
+import faust
+
+from streams.app import ROLES, BatchProcessor, Health, create_app
+from streams.kafka import KafkaProducerResource, ensure_topics
+from workers.pipeline import Pipeline
+from workers.settings import Settings
+
+__all__ = ["main", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, roles: list[str], *, loglevel: str = "INFO") -> int:
+    """Build the app for ``roles`` and run it until SIGTERM/SIGINT."""
+    from workers.scoring import open_scorer  # the model runtime (onnxruntime), loaded once
+
+    health = Health()
+    stack = contextlib.AsyncExitStack()
+
+    async def factory() -> BatchProcessor:
+        await ensure_topics(settings.kafka)
+        scorer = await stack.enter_async_context(open_scorer(settings.model))
+        pipeline = await stack.enter_async_context(Pipeline(settings, scorer))
+        producer = await stack.enter_async_context(KafkaProducerResource(settings.kafka))
+        logger.info("worker ready: roles=%s model=%s", roles, scorer.version)
+        return BatchProcessor(pipeline, producer, health)
+
+    app = create_app(settings, roles, factory, health)
+
+    async def close_resources(app: Any, **_: Any) -> None:
+        await stack.aclose()
+
+    app.on_before_shutdown.connect(close_resources)  # type: ignore[arg-type]
+
+    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, override_logging=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # mode's worker always ends by raising SystemExit
+        return int(exc.code or 0)
+    return 0  # type: ignore[unreachable]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="recstream worker",
+        description="Consume input topics and emit recommendations. Each role is its own "
+        "consumer group (scale roles apart); 'all' runs every role in one process. Exposes "
+        "/healthz, /readyz and /metrics on 127.0.0.1:$RECSTREAM_WEB_PORT (default 6066).",
+    )
+    parser.add_argument(
+        "--role",
+        action="append",
+        choices=ROLES,
+        required=True,
+        help="role(s) to run; repeat for several",
+    )
+    parser.add_argument("--web-port", type=int, default=None, help="override RECSTREAM_WEB_PORT")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.web_port is not None:
+        import dataclasses
+
+        settings = dataclasses.replace(
+            settings, stream=dataclasses.replace(settings.stream, web_port=args.web_port)
+        )
+    sys.argv = [sys.argv[0]]  # faust's worker parses argv; ours is already parsed
+    return run_worker(settings, args.role, loglevel=settings.log_level)

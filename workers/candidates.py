@@ -1,0 +1,121 @@
+"""Candidate generation: a bounded union of cheap sources, consumed items excluded.
+
+Sources, in the order their items are taken until the bound is reached:
+  similar  nearest neighbours of the user's recent items in the joint
+           (A-LLMRec) embedding space: the collaborative co-occurrence signal
+           SASRec learnt, plus text similarity for items with no interactions
+  popular  most interacted-with items in the sliding window (event time)
+  fresh    the newest catalog items
+Deleted items never pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from workers import constants as c
+from workers.catalog import CatalogStore, CatalogView
+from workers.resources import RedisResource
+from workers.state import UserState
+
+__all__ = ["CandidateGenerator", "PopularItems", "SimilarItems"]
+
+logger = logging.getLogger(__name__)
+
+
+class SimilarItems(Protocol):
+    """What candidate generation needs of the model: neighbours in the joint space."""
+
+    def similar(self, item_ids: Sequence[str], k: int) -> list[str]: ...
+
+
+class PopularItems:
+    """Trending and fresh items, refreshed from Redis in the background."""
+
+    def __init__(self, redis: RedisResource, catalog: CatalogStore, *, size: int = 500) -> None:
+        self._redis = redis
+        self._catalog = catalog
+        self._size = size
+        self.popular: list[str] = []
+        self.fresh: list[str] = []
+
+    async def refresh(self) -> None:
+        client = self._redis.client
+        raw = await client.get(self._redis.key("pop", "watermark"))
+        if raw is not None:
+            newest = int(raw) // c.POPULARITY_BUCKET_MS
+            buckets = range(newest - c.POPULARITY_WINDOW_BUCKETS + 1, newest + 1)
+            async with client.pipeline(transaction=False) as pipe:
+                for bucket in buckets:
+                    pipe.zrevrange(
+                        self._redis.key("pop", bucket), 0, self._size - 1, withscores=True
+                    )
+                replies = await pipe.execute()
+            totals: dict[str, float] = defaultdict(float)
+            for reply in replies:
+                for item, score in reply:
+                    totals[item.decode()] += score
+            self.popular = sorted(totals, key=lambda i: (-totals[i], i))[: self._size]
+        self.fresh = await self._catalog.fresh(50)
+
+
+class CandidateGenerator:
+    """Builds each user's candidate list (item id, source), bounded in size."""
+
+    def __init__(
+        self,
+        similar: SimilarItems | None,
+        catalog: CatalogView,
+        popular: PopularItems,
+        *,
+        max_candidates: int = 200,
+        fallback_popular: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self._similar = similar
+        self._catalog = catalog
+        self._popular = popular
+        self._max = max_candidates
+        self._fallback = fallback_popular
+
+    def popular_items(self) -> list[str]:
+        if self._popular.popular:
+            return self._popular.popular
+        return self._fallback() if self._fallback else []
+
+    def for_user(self, state: UserState, *, recent: int = 5) -> list[tuple[str, str]]:
+        blocked = set(state.excluded) | self._catalog.deleted
+        out: dict[str, str] = {}
+
+        def take(items: Sequence[str], source: str, limit: int) -> None:
+            for item in items:
+                if len(out) >= limit:
+                    return
+                if item not in blocked and item not in out:
+                    out[item] = source
+
+        if self._similar is not None and state.history:
+            # ~60% of the budget to neighbours: they carry the model's signal.
+            per_seed = max(self._max // max(1, min(recent, len(state.history))), 10)
+            neighbours = self._similar.similar(
+                list(state.history[:recent]), per_seed + len(blocked)
+            )
+            take(neighbours, "similar", int(self._max * 0.6))
+        take(self.popular_items(), "popular", self._max - 10)
+        take(self._popular.fresh, "fresh", self._max)
+        take(self.popular_items(), "popular", self._max)
+        return list(out.items())
+
+    async def run_refresh(self, interval_s: float, stop: asyncio.Event) -> None:
+        """Refresh popular/fresh every ``interval_s`` until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self._popular.refresh()
+            except Exception:  # a transient Redis error must not end the loop
+                logger.warning("popular-items refresh failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)

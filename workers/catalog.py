@@ -1,0 +1,243 @@
+"""The item catalog: Redis is the shared truth, each process keeps a view.
+
+    <prefix>:item:{<id>}      hash  title, description, attributes (JSON), ts, deleted,
+                                    emb (float32 joint embedding bytes, for new items)
+    <prefix>:catalog:seq      int   bumped by every applied change
+    <prefix>:catalog:log      zset  item id -> seq of its last change (what changed since N)
+    <prefix>:catalog:fresh    zset  item id -> event time it was first upserted
+
+A change is applied only if its event time is not older than the stored one,
+so a replayed or reordered old upsert can never resurrect a deleted item or
+undo a newer title. Every process polls ``catalog:seq`` (cheap) and loads
+only the items changed since its last look, so a new item is recommendable
+everywhere within one poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from redis.exceptions import RedisError
+
+from contracts import CatalogChange
+from workers.errors import StateStoreError
+from workers.resources import RedisResource
+
+__all__ = ["CatalogStore", "CatalogView", "ItemRecord", "item_text"]
+
+logger = logging.getLogger(__name__)
+
+# Keep the change log long enough for any process that polls every few
+# seconds to catch up; older entries are only needed by a process that was
+# away for days, and such a process reloads everything instead.
+_LOG_MAX = 200_000
+
+# KEYS: item hash, seq, log, fresh. ARGV: ts, op, title, description, attrs_json, emb, item_id
+_APPLY_LUA = """
+local ts = tonumber(ARGV[1])
+local stored = tonumber(redis.call('HGET', KEYS[1], 'ts') or '-1')
+if ts < stored then return 0 end
+if ARGV[2] == 'delete' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 1)
+  redis.call('ZREM', KEYS[4], ARGV[7])
+else
+  redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 0, 'title', ARGV[3],
+             'description', ARGV[4], 'attributes', ARGV[5])
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'emb', ARGV[6]) end
+  redis.call('ZADD', KEYS[4], 'NX', ts, ARGV[7])
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], seq, ARGV[7])
+return seq
+"""
+
+Embedder = Callable[[Sequence[str]], Awaitable[np.ndarray]]
+
+
+def item_text(
+    title: str | None, description: str | None, attributes: Mapping[str, object] | None
+) -> str:
+    """The text the item encoder sees, in the form the model was trained on:
+    ``"Heat (1995). Genres: Action, Crime."`` followed by any description."""
+    attrs = attributes or {}
+    year = attrs.get("year")
+    genres = attrs.get("genres")
+    genre_list = [str(g) for g in genres] if isinstance(genres, list | tuple) else []
+    year_part = f" ({year})" if year else ""
+    text = f"{title or ''}{year_part}. Genres: {', '.join(genre_list) or 'unknown'}."
+    return f"{text} {description}" if description else text
+
+
+def attribute_tokens(attributes: Mapping[str, object] | None) -> tuple[str, ...]:
+    """Attributes as the affinity tokens state keeps: ``genre=Comedy``, ``year=1995``."""
+    if not attributes:
+        return ()
+    out: list[str] = []
+    for key, value in sorted(attributes.items()):
+        values = value if isinstance(value, list | tuple) else [value]
+        out += [f"{key}={v}" for v in values][:16]
+    return tuple(out)
+
+
+@dataclass(slots=True)
+class ItemRecord:
+    item_id: str
+    title: str
+    attributes: dict[str, object]
+    deleted: bool
+    embedding: np.ndarray | None = None
+    tokens: tuple[str, ...] = field(default=())
+
+
+class CatalogStore:
+    """Applies catalog changes to Redis (idempotent, ordered by event time)."""
+
+    def __init__(self, redis: RedisResource, embed: Embedder | None = None) -> None:
+        self._redis = redis
+        self._embed = embed
+        self._script = redis.client.register_script(_APPLY_LUA)
+
+    def item_key(self, item_id: str) -> str:
+        return self._redis.key("item", "{" + item_id + "}")
+
+    @property
+    def seq_key(self) -> str:
+        return self._redis.key("catalog", "seq")
+
+    @property
+    def log_key(self) -> str:
+        return self._redis.key("catalog", "log")
+
+    @property
+    def fresh_key(self) -> str:
+        return self._redis.key("catalog", "fresh")
+
+    async def apply(self, changes: Sequence[CatalogChange]) -> int:
+        """Apply changes (embedding new text in one batch); return how many took effect."""
+        if not changes:
+            return 0
+        upserts = [c for c in changes if c.op == "upsert"]
+        embeddings: dict[str, bytes] = {}
+        if upserts and self._embed is not None:
+            texts = [item_text(c.title, c.description, c.attributes) for c in upserts]
+            vectors = await self._embed(texts)
+            embeddings = {
+                c.item_id: np.asarray(v, dtype=np.float32).tobytes()
+                for c, v in zip(upserts, vectors, strict=True)
+            }
+        keys_common = [self.seq_key, self.log_key, self.fresh_key]
+        try:
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                for change in changes:
+                    attrs = change.to_dict()["attributes"] or {}
+                    await self._script(
+                        keys=[self.item_key(change.item_id), *keys_common],
+                        args=[
+                            change.ts_ms,
+                            change.op,
+                            change.title or "",
+                            change.description or "",
+                            orjson.dumps(attrs),
+                            embeddings.get(change.item_id, b""),
+                            change.item_id,
+                        ],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+                await self._redis.client.zremrangebyrank(self.log_key, 0, -_LOG_MAX - 1)
+        except RedisError as exc:
+            raise StateStoreError(f"catalog update failed: {exc}") from exc
+        return sum(1 for r in replies if int(r) > 0)
+
+    async def seq(self) -> int:
+        raw = await self._redis.client.get(self.seq_key)
+        return int(raw or 0)
+
+    async def changed_since(self, seq: int) -> list[str]:
+        ids = await self._redis.client.zrangebyscore(self.log_key, seq + 1, "+inf")
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def load(self, item_ids: Iterable[str]) -> list[ItemRecord]:
+        ids = list(item_ids)
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            for item_id in ids:
+                pipe.hgetall(self.item_key(item_id))
+            replies = await pipe.execute()
+        out = []
+        for item_id, raw in zip(ids, replies, strict=True):
+            if not raw:
+                continue
+            deleted = raw.get(b"deleted") == b"1"
+            attrs = orjson.loads(raw.get(b"attributes", b"{}")) if not deleted else {}
+            emb = raw.get(b"emb")
+            out.append(
+                ItemRecord(
+                    item_id=item_id,
+                    title=raw.get(b"title", b"").decode(),
+                    attributes=attrs,
+                    deleted=deleted,
+                    embedding=np.frombuffer(emb, dtype=np.float32).copy() if emb else None,
+                    tokens=attribute_tokens(attrs),
+                )
+            )
+        return out
+
+    async def fresh(self, limit: int) -> list[str]:
+        ids = await self._redis.client.zrevrange(self.fresh_key, 0, limit - 1)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+class CatalogView:
+    """One process's view of the catalog, refreshed from Redis by polling.
+
+    ``on_new_embeddings`` is called with items that arrived with a joint
+    embedding (new items from text), so the scorer can append them.
+    """
+
+    def __init__(
+        self,
+        store: CatalogStore,
+        on_new_embeddings: Callable[[list[ItemRecord]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._on_new = on_new_embeddings
+        self._seq = 0
+        self.items: dict[str, ItemRecord] = {}
+        self.deleted: set[str] = set()
+
+    def tokens(self, item_id: str) -> tuple[str, ...]:
+        record = self.items.get(item_id)
+        return record.tokens if record else ()
+
+    def is_recommendable(self, item_id: str) -> bool:
+        return item_id not in self.deleted
+
+    async def refresh(self) -> int:
+        """Load what changed since the last refresh; return how many items changed."""
+        seq = await self._store.seq()
+        if seq == self._seq:
+            return 0
+        changed = await self._store.changed_since(self._seq) if self._seq else None
+        if changed is None:  # first load: everything in the log
+            changed = await self._store.changed_since(0)
+        records = await self._store.load(changed)
+        with_embeddings = []
+        for record in records:
+            self.items[record.item_id] = record
+            if record.deleted:
+                self.deleted.add(record.item_id)
+            else:
+                self.deleted.discard(record.item_id)
+                if record.embedding is not None:
+                    with_embeddings.append(record)
+        if with_embeddings and self._on_new is not None:
+            self._on_new(with_embeddings)
+        self._seq = seq
+        if records:
+            logger.info("catalog view: %d items changed (seq %d)", len(records), seq)
+        return len(records)

@@ -1,0 +1,298 @@
+"""The recommendation pipeline: decoded events in, output events out. No Kafka.
+
+    interactions -> state (idempotent) -> policy (debounced trigger) -> recommend
+    requests     -> state (read)       -> policy (cold or model)    -> recommend
+    catalog      -> catalog store (text -> joint embedding)         -> (view refresh)
+
+``recommend`` = candidates -> ONNX scoring, micro-batched across users ->
+Recommendation events with deterministic ids. The streams package calls
+these handlers with micro-batches and sends what they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from contracts import (
+    CatalogChange,
+    Cause,
+    ChatMessage,
+    ChatReply,
+    Event,
+    Interaction,
+    RankedItem,
+    Recommendation,
+    RecommendationRequest,
+    Strategy,
+    derive_id,
+    topics,
+)
+from workers.candidates import CandidateGenerator, PopularItems
+from workers.catalog import CatalogStore, CatalogView, ItemRecord
+from workers.resources import RedisResource, Resource
+from workers.settings import Settings
+from workers.state import UserState, UserStateStore
+
+__all__ = ["Output", "Pipeline", "Scorer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """What the pipeline needs of the model (workers.model provides it)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def similar(self, item_ids: Sequence[str], k: int) -> list[str]: ...
+
+    async def score(
+        self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]: ...
+
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def add_items(self, item_ids: Sequence[str], joint: np.ndarray) -> None: ...
+
+    def popular(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One event to send: contract topic, key, event."""
+
+    topic: str
+    key: bytes
+    event: Event
+
+
+@dataclass(slots=True)
+class _Ask:
+    """One recommendation to compute: for whom, why, how many."""
+
+    user_id: str
+    cause: Cause
+    k: int
+    started: float
+    state: UserState | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+class Pipeline(Resource):
+    """Owns Redis, the catalog view and the scorer; handles micro-batches."""
+
+    def __init__(self, settings: Settings, scorer: Scorer) -> None:
+        super().__init__()
+        self.settings = settings
+        self.scorer = scorer
+        self._stack = contextlib.AsyncExitStack()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _open(self) -> None:
+        self.redis = await self._stack.enter_async_context(RedisResource(self.settings.redis))
+        self.user_state = UserStateStore(
+            self.redis, exclude_kinds=self.settings.stream.exclude_kinds
+        )
+        self.catalog_store = CatalogStore(self.redis, embed=self.scorer.embed_texts)
+        self.catalog = CatalogView(self.catalog_store, on_new_embeddings=self._add_embeddings)
+        self.popular = PopularItems(self.redis, self.catalog_store)
+        self.candidates = CandidateGenerator(
+            self.scorer,
+            self.catalog,
+            self.popular,
+            max_candidates=self.settings.stream.candidates_max,
+            fallback_popular=self.scorer.popular,
+        )
+        await self.catalog.refresh()
+        await self.popular.refresh()
+        poll_s = self.settings.stream.catalog_poll_ms / 1000
+        self._tasks = [
+            asyncio.create_task(self._poll_catalog(poll_s), name="catalog-poll"),
+            asyncio.create_task(
+                self.candidates.run_refresh(2.0, self._stop), name="popular-refresh"
+            ),
+        ]
+
+    async def _close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stack.aclose()
+
+    def _add_embeddings(self, records: list[ItemRecord]) -> None:
+        vectors = np.stack([r.embedding for r in records if r.embedding is not None])
+        self.scorer.add_items([r.item_id for r in records if r.embedding is not None], vectors)
+
+    async def _poll_catalog(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.catalog.refresh()
+            except Exception:
+                logger.warning("catalog refresh failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=interval_s)
+
+    # ------------------------------------------------------------ handlers
+
+    async def on_interactions(self, events: Sequence[Interaction]) -> list[Output]:
+        """Apply state; recommend for users whose new events trigger the policy."""
+        started = time.perf_counter()
+        item_tokens = {e.item_id: self.catalog.tokens(e.item_id) for e in events}
+        result = await self.user_state.apply(events, item_tokens)
+        if result.applied == 0:
+            return []
+        stream = self.settings.stream
+        triggers: dict[str, Interaction] = {}
+        for e in events:
+            if e.kind in stream.trigger_kinds and (e.kind != "rating" or (e.rating or 0) >= 4):
+                triggers[e.user_id] = e  # the user's latest triggering event wins
+        if not triggers:
+            return []
+        # Debounce per user in Redis, so replicas and restarts agree; an event
+        # already applied before (a replay) was filtered out by ``apply`` above.
+        allowed = await self._debounce(list(triggers))
+        asks = [_Ask(u, Cause("interaction", triggers[u].event_id), 10, started) for u in allowed]
+        return await self._recommend(asks)
+
+    async def _debounce(self, user_ids: list[str]) -> list[str]:
+        ms = self.settings.stream.debounce_ms
+        if ms <= 0:
+            return user_ids
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.set(self.redis.key("u", "{" + user_id + "}", "deb"), 1, nx=True, px=ms)
+            replies = await pipe.execute()
+        return [u for u, ok in zip(user_ids, replies, strict=True) if ok]
+
+    async def on_requests(self, requests: Sequence[RecommendationRequest]) -> list[Output]:
+        started = time.perf_counter()
+        asks = [_Ask(r.user_id, Cause("request", r.request_id), r.k, started) for r in requests]
+        return await self._recommend(asks)
+
+    async def on_catalog(self, changes: Sequence[CatalogChange]) -> list[Output]:
+        applied = await self.state_catalog_apply(changes)
+        logger.debug("catalog: %d of %d changes applied", applied, len(changes))
+        await self.catalog.refresh()
+        return []
+
+    async def state_catalog_apply(self, changes: Sequence[CatalogChange]) -> int:
+        return await self.catalog_store.apply(changes)
+
+    async def on_chat(self, messages: Sequence[ChatMessage]) -> list[Output]:
+        """Model-only chat replies (the LLM conversation path plugs in here)."""
+        started = time.perf_counter()
+        asks = [_Ask(m.user_id, Cause("chat", m.event_id), 5, started) for m in messages]
+        recs = await self._recommend(asks)
+        out: list[Output] = []
+        for message, rec in zip(messages, recs, strict=True):
+            assert isinstance(rec.event, Recommendation)
+            titles = [
+                self.catalog.items[i.item_id].title
+                for i in rec.event.items
+                if i.item_id in self.catalog.items
+            ]
+            text = (
+                "Here are some picks based on your history: " + "; ".join(titles[:5])
+                if titles
+                else "Here are some popular picks right now."
+            )
+            out.append(
+                Output(
+                    topics.CHAT_REPLIES,
+                    message.session_id.encode(),
+                    ChatReply(
+                        reply_id=derive_id("reply", message.event_id),
+                        session_id=message.session_id,
+                        user_id=message.user_id,
+                        in_reply_to=message.event_id,
+                        text=text[:4000],
+                        items=rec.event.items,
+                        source="model",
+                        ts_ms=int(time.time() * 1000),
+                        intent=None,
+                    ),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------ recommend
+
+    async def _recommend(self, asks: list[_Ask]) -> list[Output]:
+        if not asks:
+            return []
+        t = time.perf_counter()
+        states = await self.user_state.load([a.user_id for a in asks])
+        state_ms = _ms(t)
+        model_asks: list[_Ask] = []
+        candidate_lists: list[list[tuple[str, str]]] = []
+        results: dict[int, tuple[list[RankedItem], Strategy]] = {}
+        t = time.perf_counter()
+        for n, (ask, state) in enumerate(zip(asks, states, strict=True)):
+            ask.state = state
+            cands = self.candidates.for_user(state)
+            if state.interactions < self.settings.stream.cold_threshold or not state.history:
+                results[n] = (self._popular_list(cands, ask.k), "popular")
+            else:
+                model_asks.append(ask)
+                candidate_lists.append(cands)
+        cand_ms = _ms(t)
+        t = time.perf_counter()
+        if model_asks:
+            histories = [list(reversed(a.state.history)) for a in model_asks if a.state]
+            scores = await self.scorer.score(
+                histories, [[i for i, _ in cl] for cl in candidate_lists]
+            )
+            index = {id(a): n for n, a in enumerate(asks)}
+            for ask, cands, s in zip(model_asks, candidate_lists, scores, strict=True):
+                order = np.argsort(-np.asarray(s), kind="stable")[: ask.k]
+                ranked = [
+                    RankedItem(cands[j][0], round(float(s[j]), 6), r + 1, cands[j][1])
+                    for r, j in enumerate(order)
+                ]
+                results[index[id(ask)]] = (ranked, "model")
+        score_ms = _ms(t)
+        now = int(time.time() * 1000)
+        out = []
+        for n, ask in enumerate(asks):
+            items, strategy = results[n]
+            rec = Recommendation(
+                rec_id=derive_id("rec", ask.cause.kind, ask.cause.id),
+                user_id=ask.user_id,
+                cause=ask.cause,
+                items=tuple(items),
+                strategy=strategy,
+                model_version=self.scorer.version,
+                ts_ms=now,
+                timings_ms={
+                    "state": state_ms,
+                    "candidates": cand_ms,
+                    "score": score_ms,
+                    "total": _ms(ask.started),
+                    "batch": float(len(asks)),
+                },
+            )
+            out.append(Output(topics.RECOMMENDATIONS, ask.user_id.encode(), rec))
+        return out
+
+    def _popular_list(self, cands: list[tuple[str, str]], k: int) -> list[RankedItem]:
+        """Cold users: popular first, then fresh (the LLM cold-start hook goes here)."""
+        ordered = [c for c in cands if c[1] == "popular"] + [c for c in cands if c[1] == "fresh"]
+        n = len(ordered)
+        return [
+            RankedItem(item, round(1.0 - r / max(n, 1), 6), r + 1, source)
+            for r, (item, source) in enumerate(ordered[:k])
+        ]
