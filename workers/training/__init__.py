@@ -15,3 +15,12 @@ Modules, one job each:
 - ``evaluate`` the evaluation report (``recstream evaluate``).
 - ``export``   ONNX export + parity + model directory (``recstream export``).
 """
+
+from pathlib import Path
+
+__all__ = ["DEFAULT_HOME"]
+
+# Only for runs without the launcher, which always passes --home from
+# RECSTREAM_HOME: the training env must not import workers.settings (that
+# pulls the worker-only LLM stack).
+DEFAULT_HOME = Path(__file__).resolve().parents[2] / ".local"

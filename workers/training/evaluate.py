@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workers.training import DEFAULT_HOME
 from workers.training.data import Dataset
 from workers.training.metrics import (
     PROTOCOLS,
@@ -56,20 +57,28 @@ def build_cases(data: Dataset) -> dict[str, Case]:
     rng = np.random.default_rng(SAMPLE_SEED)
     warm_pool = np.flatnonzero(warm_mask)
     all_pool = np.flatnonzero(all_mask)
-    sampled = np.array([[data.test[u], *_sample(rng, warm_pool, data.all_items_of_user[u],
-                                                  N_NEGATIVES)] for u in users])
+    sampled = np.array(
+        [
+            [data.test[u], *_sample(rng, warm_pool, data.all_items_of_user[u], N_NEGATIVES)]
+            for u in users
+        ]
+    )
     cu = data.cold_users
-    cold_ex = [sorted(set(data.train_seqs[u]) | {int(data.valid[u]), int(data.test[u])} - {0})
-               for u in cu]
-    cold_sampled = np.array([[t, *_sample(rng, all_pool, data.all_items_of_user[u], N_NEGATIVES)]
-                             for u, t in zip(cu, data.cold_target, strict=True)]).reshape(-1, 20)
+    cold_ex = [
+        sorted(set(data.train_seqs[u]) | {int(data.valid[u]), int(data.test[u])} - {0}) for u in cu
+    ]
+    cold_sampled = np.array(
+        [
+            [t, *_sample(rng, all_pool, data.all_items_of_user[u], N_NEGATIVES)]
+            for u, t in zip(cu, data.cold_target, strict=True)
+        ]
+    ).reshape(-1, 20)
     return {
         "full": Case(users, hists, data.test[users], None, warm_mask, hists),
         "sampled": Case(users, hists, data.test[users], sampled, warm_mask, hists),
         "cold_full": Case(cu, data.cold_hist, data.cold_target, None, all_mask, cold_ex),
         "cold_catalog": Case(cu, data.cold_hist, data.cold_target, None, cold_mask, cold_ex),
-        "cold_sampled": Case(cu, data.cold_hist, data.cold_target, cold_sampled, all_mask,
-                             cold_ex),
+        "cold_sampled": Case(cu, data.cold_hist, data.cold_target, cold_sampled, all_mask, cold_ex),
     }
 
 
@@ -141,13 +150,18 @@ def evaluate_run(trained: Trained) -> dict[str, Any]:
             for name, fn in score_functions(trained).items()
         }
     return {
-        "dataset": "MovieLens-100k (RecBole 1.2.1 wheel)" if not trained.config.synthetic
+        "dataset": "MovieLens-100k (RecBole 1.2.1 wheel)"
+        if not trained.config.synthetic
         else "synthetic",
         "data_hash": data.data_hash,
         "split": {
-            "users": data.n_users, "items": data.n_items, "cold_items": len(data.cold_items),
-            "cold_fraction": trained.config.cold_fraction, "seed": trained.config.seed,
-            "test_users": len(cases["full"].targets), "cold_test_users": len(data.cold_users),
+            "users": data.n_users,
+            "items": data.n_items,
+            "cold_items": len(data.cold_items),
+            "cold_fraction": trained.config.cold_fraction,
+            "seed": trained.config.seed,
+            "test_users": len(cases["full"].targets),
+            "cold_test_users": len(data.cold_users),
         },
         "protocols": {k: PROTOCOLS[k] for k in cases},
         "results": results,
@@ -159,9 +173,11 @@ def evaluate_run(trained: Trained) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     split = report["split"]
     print(f"\nDataset: {report['dataset']}  ({report['data_hash'][:24]}...)")
-    print(f"Split: chronological leave-one-out, seed {split['seed']}; {split['users']} users, "
-          f"{split['items']} items, {split['cold_items']} cold items held out of training; "
-          f"{split['test_users']} test users, {split['cold_test_users']} cold test users")
+    print(
+        f"Split: chronological leave-one-out, seed {split['seed']}; {split['users']} users, "
+        f"{split['items']} items, {split['cold_items']} cold items held out of training; "
+        f"{split['test_users']} test users, {split['cold_test_users']} cold test users"
+    )
     for proto, models in report["results"].items():
         print(f"\n[{proto}] {report['protocols'][proto]}")
         metrics = [m for m in next(iter(models.values())) if m != "n"]
@@ -171,11 +187,13 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.settings import Settings
-
-    settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="recstream evaluate", description=__doc__)
-    parser.add_argument("--home", type=Path, default=settings.home)
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help="runtime folder (the launcher passes RECSTREAM_HOME)",
+    )
     parser.add_argument("--run", type=Path, default=None, help="run folder (default: latest)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = parser.parse_args(argv)

@@ -101,8 +101,11 @@ def evaluate_cases(
     out = rank_metrics(ranks, 10)
     if case.candidates is not None:
         out["Hit@1"] = float((ranks < 1).mean())
-        out |= {k.replace("@10", "@5"): v for k, v in rank_metrics(ranks, 5).items()
-                if k.startswith("NDCG")}
+        out |= {
+            k.replace("@10", "@5"): v
+            for k, v in rank_metrics(ranks, 5).items()
+            if k.startswith("NDCG")
+        }
         return {k: v for k, v in out.items() if k in {"Hit@1", "NDCG@5", "HR@10"}}
     recs = np.concatenate(recommended)
     out["coverage@10"] = float(np.unique(recs).size / max(1, int(case.allowed.sum())))

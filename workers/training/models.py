@@ -67,8 +67,14 @@ class SASRec(nn.Module):
     """
 
     def __init__(
-        self, n_items: int, dim: int = 64, max_len: int = 50, *, n_blocks: int = 2,
-        n_heads: int = 1, dropout: float = 0.2,
+        self,
+        n_items: int,
+        dim: int = 64,
+        max_len: int = 50,
+        *,
+        n_blocks: int = 2,
+        n_heads: int = 1,
+        dropout: float = 0.2,
     ) -> None:
         super().__init__()
         self.dim, self.max_len = dim, max_len
@@ -180,8 +186,11 @@ class CandidateScorer(nn.Module):
         self.encoder = UserEncoder(sasrec)
 
     def forward(
-        self, histories: torch.Tensor, candidates: torch.Tensor,
-        item_input: torch.Tensor, item_joint: torch.Tensor,
+        self,
+        histories: torch.Tensor,
+        candidates: torch.Tensor,
+        item_input: torch.Tensor,
+        item_joint: torch.Tensor,
     ) -> torch.Tensor:
         user = self.encoder(histories, item_input)
         rows = item_joint[candidates]
@@ -190,17 +199,21 @@ class CandidateScorer(nn.Module):
 
 
 class TextToJoint(nn.Module):
-    """Exported: text embeddings [N, 384] -> (joint [N, d], item_input [N, d]).
+    """Exported: text embeddings [N, 384] -> (item_input [N, d], item_joint [N, d+1]).
 
-    ``joint`` is the scoring embedding of a new item; ``item_input`` is what
-    SASRec reads when the item later appears in a history (the same decoded
-    vector: the reconstruction loss trains it to stand in for the item embedding).
+    The rows a worker appends for a new item known only by its text: SASRec
+    reads ``item_input`` when the item appears in a history (the decoded
+    vector, which the reconstruction loss trains to stand in for an item
+    embedding), and scores it with ``item_joint`` (the text path scaled by the
+    hybrid head's ``1 + w_text``, prior column 0: no interactions yet).
     """
 
-    def __init__(self, stage1: ALLMRecStage1) -> None:
+    def __init__(self, stage1: ALLMRecStage1, w_text: float) -> None:
         super().__init__()
         self.stage1 = stage1
+        self.scale = 1.0 + w_text
 
     def forward(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        joint = self.stage1.joint_from_text(text_embeddings)
-        return joint, joint.clone()
+        j = self.stage1.joint_from_text(text_embeddings)
+        prior = torch.zeros_like(j[:, :1])
+        return j, torch.cat([j * self.scale, prior], dim=1)

@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from workers.training import DEFAULT_HOME
 from workers.training.data import Dataset, load_dataset, synthetic_dataset
 from workers.training.models import BPRMF, ALLMRecStage1, SASRec
 
@@ -66,8 +67,16 @@ class TrainConfig:
     @classmethod
     def tiny(cls) -> TrainConfig:
         """Seconds-long settings for the test suite (synthetic data)."""
-        return cls(synthetic=True, dim=32, max_len=20, sas_epochs=60, eval_every=10,
-                   bpr_epochs=20, s1_epochs=60, patience=3)
+        return cls(
+            synthetic=True,
+            dim=32,
+            max_len=20,
+            sas_epochs=60,
+            eval_every=10,
+            bpr_epochs=20,
+            s1_epochs=60,
+            patience=3,
+        )
 
 
 @dataclass
@@ -108,8 +117,14 @@ def _eval_users(data: Dataset) -> np.ndarray:
 
 
 def train_sasrec(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> SASRec:
-    model = SASRec(data.n_items, cfg.dim, cfg.max_len, n_blocks=cfg.blocks, n_heads=cfg.heads,
-                    dropout=cfg.dropout)
+    model = SASRec(
+        data.n_items,
+        cfg.dim,
+        cfg.max_len,
+        n_blocks=cfg.blocks,
+        n_heads=cfg.heads,
+        dropout=cfg.dropout,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.sas_lr, betas=(0.9, 0.98))
     seqs = [s for s in data.train_seqs if len(s) >= 2]
     inputs = left_pad([s[:-1] for s in seqs], cfg.max_len)
@@ -169,8 +184,15 @@ def train_bpr(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> BPRMF:
             batch = torch.from_numpy(pairs[perm[start : start + cfg.bpr_batch]])
             neg = torch.from_numpy(rng.choice(warm, size=len(batch)))
             u, p = batch[:, 0], batch[:, 1]
-            reg = cfg.bpr_reg * (model.user_emb(u).pow(2).sum() + model.item_emb(p).pow(2).sum()
-                                 + model.item_emb(neg).pow(2).sum()) / len(batch)
+            reg = (
+                cfg.bpr_reg
+                * (
+                    model.user_emb(u).pow(2).sum()
+                    + model.item_emb(p).pow(2).sum()
+                    + model.item_emb(neg).pow(2).sum()
+                )
+                / len(batch)
+            )
             loss = model.loss(u, p, neg) + reg
             opt.zero_grad()
             loss.backward()
@@ -241,8 +263,9 @@ def train_stage1(
                 table = torch.zeros(data.n_items + 1, cfg.dim)
                 table[warm] = model.joint_from_item(item_emb)
                 ndcg = _valid_ndcg(val_u @ table.T, data, users)
-            bar.set_postfix(match=f"{matching.item():.4f}", rec=f"{rec.item():.3f}",
-                            val_ndcg=f"{ndcg:.4f}")
+            bar.set_postfix(
+                match=f"{matching.item():.4f}", rec=f"{rec.item():.3f}", val_ndcg=f"{ndcg:.4f}"
+            )
             if ndcg > best:
                 best, bad = ndcg, 0
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -259,8 +282,13 @@ def train_stage1(
 
 @torch.no_grad()
 def fit_fusion(
-    cfg: TrainConfig, data: Dataset, sasrec: SASRec, stage1: ALLMRecStage1, text: torch.Tensor,
-    *, hist: dict[str, Any],
+    cfg: TrainConfig,
+    data: Dataset,
+    sasrec: SASRec,
+    stage1: ALLMRecStage1,
+    text: torch.Tensor,
+    *,
+    hist: dict[str, Any],
 ) -> dict[str, float]:
     """The hybrid head's two weights, chosen by validation NDCG@10 on a small grid.
 
@@ -279,8 +307,12 @@ def fit_fusion(
         for w_pop in (0.0, 0.1, 0.2, 0.3, 0.5):
             grid[(w_text, w_pop)] = _valid_ndcg(base + w_pop * logpop, data, users)
     (w_text, w_pop), best = max(grid.items(), key=lambda kv: kv[1])
-    hist["fusion"] = {"text": w_text, "pop": w_pop, "val_ndcg@10": best,
-                      "val_ndcg@10_plain": grid[(0.0, 0.0)]}
+    hist["fusion"] = {
+        "text": w_text,
+        "pop": w_pop,
+        "val_ndcg@10": best,
+        "val_ndcg@10_plain": grid[(0.0, 0.0)],
+    }
     return {"text": w_text, "pop": w_pop}
 
 
@@ -298,8 +330,9 @@ def train_all(cfg: TrainConfig, cache_dir: Path) -> Trained:
     if cfg.synthetic:
         data = synthetic_dataset(seed=cfg.seed)
     else:
-        data = load_dataset(cache_dir, cold_fraction=cfg.cold_fraction, seed=cfg.seed,
-                            max_users=cfg.max_users)
+        data = load_dataset(
+            cache_dir, cold_fraction=cfg.cold_fraction, seed=cfg.seed, max_users=cfg.max_users
+        )
     hist: dict[str, Any] = {}
     t0 = time.perf_counter()
     text = text_table(cfg, data)
@@ -323,26 +356,39 @@ def save_run(trained: Trained, run_dir: Path) -> None:
         },
         run_dir / "checkpoint.pt",
     )
-    (run_dir / "config.json").write_text(json.dumps({
-        "config": asdict(trained.config),
-        "data_hash": trained.data.data_hash,
-        "history": trained.history,
-    }, indent=2))
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(trained.config),
+                "data_hash": trained.data.data_hash,
+                "history": trained.history,
+            },
+            indent=2,
+        )
+    )
 
 
 def load_run(run_dir: Path, cache_dir: Path) -> Trained:
     meta = json.loads((run_dir / "config.json").read_text())
-    cfg = TrainConfig(**{f.name: meta["config"][f.name] for f in fields(TrainConfig)
-                         if f.name in meta["config"]})
+    cfg = TrainConfig(
+        **{f.name: meta["config"][f.name] for f in fields(TrainConfig) if f.name in meta["config"]}
+    )
     torch.set_num_threads(cfg.threads)
     if cfg.synthetic:
         data = synthetic_dataset(seed=cfg.seed)
     else:
-        data = load_dataset(cache_dir, cold_fraction=cfg.cold_fraction, seed=cfg.seed,
-                            max_users=cfg.max_users)
+        data = load_dataset(
+            cache_dir, cold_fraction=cfg.cold_fraction, seed=cfg.seed, max_users=cfg.max_users
+        )
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    sasrec = SASRec(data.n_items, cfg.dim, cfg.max_len, n_blocks=cfg.blocks, n_heads=cfg.heads,
-                    dropout=cfg.dropout)
+    sasrec = SASRec(
+        data.n_items,
+        cfg.dim,
+        cfg.max_len,
+        n_blocks=cfg.blocks,
+        n_heads=cfg.heads,
+        dropout=cfg.dropout,
+    )
     sasrec.load_state_dict(ckpt["sasrec"])
     sasrec.eval()
     bpr = BPRMF(data.n_users, data.n_items, cfg.bpr_dim)
@@ -351,24 +397,35 @@ def load_run(run_dir: Path, cache_dir: Path) -> Trained:
     stage1 = ALLMRecStage1(cfg.dim, text.shape[1], cfg.joint_dim)
     stage1.load_state_dict(ckpt["stage1"])
     stage1.eval()
-    return Trained(cfg, data, text, sasrec, bpr, stage1, meta.get("history", {}),
-                   ckpt.get("fusion", {"text": 0.0, "pop": 0.0}))
+    return Trained(
+        cfg,
+        data,
+        text,
+        sasrec,
+        bpr,
+        stage1,
+        meta.get("history", {}),
+        ckpt.get("fusion", {"text": 0.0, "pop": 0.0}),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.settings import Settings
     from workers.training.evaluate import evaluate_run, print_report
 
-    settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="recstream train", description=__doc__)
-    parser.add_argument("--home", type=Path, default=settings.home)
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help="runtime folder (the launcher passes RECSTREAM_HOME)",
+    )
     parser.add_argument("--version", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--tiny", action="store_true", help="seconds-long synthetic run (tests)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation report")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig()
     if args.seed is not None:
         cfg.seed = args.seed

@@ -1,0 +1,11 @@
+"""``recstream export``: runs :mod:`workers.training.export` in the training venv."""
+
+from __future__ import annotations
+
+from workers.model.launch import run_training_module
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    return run_training_module("export", argv)

@@ -1,0 +1,11 @@
+"""``recstream train``: runs :mod:`workers.training.train` in the training venv."""
+
+from __future__ import annotations
+
+from workers.model.launch import run_training_module
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    return run_training_module("train", argv)
