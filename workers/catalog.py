@@ -1,7 +1,6 @@
 """The item catalog: Redis is the shared truth, each process keeps a view.
 
-    <prefix>:item:{<id>}      hash  title, description, attributes (JSON), ts, deleted,
-                                    emb (float32 joint embedding bytes, for new items)
+    <prefix>:item:{<id>}      hash  title, description, attributes (JSON), ts, deleted
     <prefix>:catalog:seq      int   bumped by every applied change
     <prefix>:catalog:log      zset  item id -> seq of its last change (what changed since N)
     <prefix>:catalog:fresh    zset  item id -> event time it was first upserted
@@ -10,7 +9,9 @@ A change is applied only if its event time is not older than the stored one,
 so a replayed or reordered old upsert can never resurrect a deleted item or
 undo a newer title. Every process polls ``catalog:seq`` (cheap) and loads
 only the items changed since its last look, so a new item is recommendable
-everywhere within one poll interval.
+everywhere within one poll interval: each process's view hands items the
+model does not know yet to the scorer, which embeds their text (A-LLMRec's
+text path) and appends them to its tables.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # away for days, and such a process reloads everything instead.
 _LOG_MAX = 200_000
 
-# KEYS: item hash, seq, log, fresh. ARGV: ts, op, title, description, attrs_json, emb, item_id
+# KEYS: item hash, seq, log, fresh. ARGV: ts, op, title, description, attrs_json, item_id
 _APPLY_LUA = """
 local ts = tonumber(ARGV[1])
 local stored = tonumber(redis.call('HGET', KEYS[1], 'ts') or '-1')
@@ -44,19 +44,16 @@ if ts < stored then return 0 end
 if ARGV[2] == 'delete' then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 1)
-  redis.call('ZREM', KEYS[4], ARGV[7])
+  redis.call('ZREM', KEYS[4], ARGV[6])
 else
   redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 0, 'title', ARGV[3],
              'description', ARGV[4], 'attributes', ARGV[5])
-  if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'emb', ARGV[6]) end
-  redis.call('ZADD', KEYS[4], 'NX', ts, ARGV[7])
+  redis.call('ZADD', KEYS[4], 'NX', ts, ARGV[6])
 end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[3], seq, ARGV[7])
+redis.call('ZADD', KEYS[3], seq, ARGV[6])
 return seq
 """
-
-Embedder = Callable[[Sequence[str]], Awaitable[np.ndarray]]
 
 
 def item_text(
@@ -90,16 +87,15 @@ class ItemRecord:
     title: str
     attributes: dict[str, object]
     deleted: bool
-    embedding: np.ndarray | None = None
+    text: str = ""
     tokens: tuple[str, ...] = field(default=())
 
 
 class CatalogStore:
     """Applies catalog changes to Redis (idempotent, ordered by event time)."""
 
-    def __init__(self, redis: RedisResource, embed: Embedder | None = None) -> None:
+    def __init__(self, redis: RedisResource) -> None:
         self._redis = redis
-        self._embed = embed
         self._script = redis.client.register_script(_APPLY_LUA)
 
     def item_key(self, item_id: str) -> str:
@@ -118,18 +114,9 @@ class CatalogStore:
         return self._redis.key("catalog", "fresh")
 
     async def apply(self, changes: Sequence[CatalogChange]) -> int:
-        """Apply changes (embedding new text in one batch); return how many took effect."""
+        """Apply changes; return how many took effect (older-than-stored ones do not)."""
         if not changes:
             return 0
-        upserts = [c for c in changes if c.op == "upsert"]
-        embeddings: dict[str, bytes] = {}
-        if upserts and self._embed is not None:
-            texts = [item_text(c.title, c.description, c.attributes) for c in upserts]
-            vectors = await self._embed(texts)
-            embeddings = {
-                c.item_id: np.asarray(v, dtype=np.float32).tobytes()
-                for c, v in zip(upserts, vectors, strict=True)
-            }
         keys_common = [self.seq_key, self.log_key, self.fresh_key]
         try:
             async with self._redis.client.pipeline(transaction=False) as pipe:
@@ -143,7 +130,6 @@ class CatalogStore:
                             change.title or "",
                             change.description or "",
                             orjson.dumps(attrs),
-                            embeddings.get(change.item_id, b""),
                             change.item_id,
                         ],
                         client=pipe,
@@ -174,14 +160,15 @@ class CatalogStore:
                 continue
             deleted = raw.get(b"deleted") == b"1"
             attrs = orjson.loads(raw.get(b"attributes", b"{}")) if not deleted else {}
-            emb = raw.get(b"emb")
+            title = raw.get(b"title", b"").decode()
+            description = raw.get(b"description", b"").decode()
             out.append(
                 ItemRecord(
                     item_id=item_id,
-                    title=raw.get(b"title", b"").decode(),
+                    title=title,
                     attributes=attrs,
                     deleted=deleted,
-                    embedding=np.frombuffer(emb, dtype=np.float32).copy() if emb else None,
+                    text="" if deleted else item_text(title, description, attrs),
                     tokens=attribute_tokens(attrs),
                 )
             )
@@ -195,17 +182,17 @@ class CatalogStore:
 class CatalogView:
     """One process's view of the catalog, refreshed from Redis by polling.
 
-    ``on_new_embeddings`` is called with items that arrived with a joint
-    embedding (new items from text), so the scorer can append them.
+    ``on_items`` is awaited with the live (not deleted) items of each refresh,
+    so the scorer can add the ones it does not know yet.
     """
 
     def __init__(
         self,
         store: CatalogStore,
-        on_new_embeddings: Callable[[list[ItemRecord]], None] | None = None,
+        on_items: Callable[[list[ItemRecord]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
-        self._on_new = on_new_embeddings
+        self._on_items = on_items
         self._seq = 0
         self.items: dict[str, ItemRecord] = {}
         self.deleted: set[str] = set()
@@ -226,17 +213,16 @@ class CatalogView:
         if changed is None:  # first load: everything in the log
             changed = await self._store.changed_since(0)
         records = await self._store.load(changed)
-        with_embeddings = []
+        live = []
         for record in records:
             self.items[record.item_id] = record
             if record.deleted:
                 self.deleted.add(record.item_id)
             else:
                 self.deleted.discard(record.item_id)
-                if record.embedding is not None:
-                    with_embeddings.append(record)
-        if with_embeddings and self._on_new is not None:
-            self._on_new(with_embeddings)
+                live.append(record)
+        if live and self._on_items is not None:
+            await self._on_items(live)
         self._seq = seq
         if records:
             logger.info("catalog view: %d items changed (seq %d)", len(records), seq)

@@ -58,9 +58,7 @@ class Scorer(Protocol):
         self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
     ) -> list[np.ndarray]: ...
 
-    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def add_items(self, item_ids: Sequence[str], joint: np.ndarray) -> None: ...
+    async def add_items(self, item_ids: Sequence[str], texts: Sequence[str]) -> None: ...
 
     def popular(self) -> list[str]: ...
 
@@ -106,8 +104,8 @@ class Pipeline(Resource):
         self.user_state = UserStateStore(
             self.redis, exclude_kinds=self.settings.stream.exclude_kinds
         )
-        self.catalog_store = CatalogStore(self.redis, embed=self.scorer.embed_texts)
-        self.catalog = CatalogView(self.catalog_store, on_new_embeddings=self._add_embeddings)
+        self.catalog_store = CatalogStore(self.redis)
+        self.catalog = CatalogView(self.catalog_store, on_items=self._add_items)
         self.popular = PopularItems(self.redis, self.catalog_store)
         self.candidates = CandidateGenerator(
             self.scorer,
@@ -133,9 +131,8 @@ class Pipeline(Resource):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
 
-    def _add_embeddings(self, records: list[ItemRecord]) -> None:
-        vectors = np.stack([r.embedding for r in records if r.embedding is not None])
-        self.scorer.add_items([r.item_id for r in records if r.embedding is not None], vectors)
+    async def _add_items(self, records: list[ItemRecord]) -> None:
+        await self.scorer.add_items([r.item_id for r in records], [r.text for r in records])
 
     async def _poll_catalog(self, interval_s: float) -> None:
         while not self._stop.is_set():

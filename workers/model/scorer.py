@@ -291,6 +291,15 @@ class Scorer:
         result: IntArray = await self._run(self._add, list(raw_ids), list(texts))
         return result
 
+    def item_vectors(self) -> FloatArray:
+        """A copy of the joint item vectors [rows, d] (bias column dropped; row 0 is padding).
+
+        For nearest-neighbour candidate generation in the joint space.
+        """
+        self._require()
+        assert self._joint is not None
+        return self._joint.view[:, :-1].copy()
+
     async def encode_texts(self, texts: Sequence[str]) -> FloatArray:
         """MiniLM sentence embeddings [N, 384] through the ONNX text encoder."""
         encoder = self._text_encoder

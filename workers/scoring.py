@@ -1,0 +1,106 @@
+"""The model as the pipeline sees it: raw ids in, scores and neighbours out.
+
+Wraps :class:`workers.model.Scorer` (onnxruntime, its own thread) into the
+:class:`workers.pipeline.Scorer` protocol: ragged candidate lists, chronological
+raw-id histories, nearest neighbours in the joint (A-LLMRec) space, and new
+catalog items added from their text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from workers.model import Scorer
+from workers.model.settings import ModelSettings
+
+__all__ = ["ModelScorer", "open_scorer"]
+
+logger = logging.getLogger(__name__)
+
+# Items the model cannot score yet (a catalog item not yet added) rank last;
+# finite, because JSON has no infinity.
+_UNKNOWN_SCORE = -1e9
+
+
+class ModelScorer:
+    """Adapter from the ONNX scorer to the pipeline's needs."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self._scorer = scorer
+        self._unit: npt.NDArray[np.float32] | None = None
+        self._unit_rows = 0
+
+    @property
+    def version(self) -> str:
+        return self._scorer.version
+
+    @property
+    def provider(self) -> str:
+        return self._scorer.provider
+
+    def _unit_vectors(self) -> npt.NDArray[np.float32]:
+        """L2-normalised joint vectors (without the bias column), cached until items grow."""
+        if self._unit is None or self._unit_rows != self._scorer.n_items + 1:
+            vectors = self._scorer.item_vectors()
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            norms[norms == 0] = 1.0
+            self._unit = (vectors / norms).astype(np.float32)
+            self._unit_rows = vectors.shape[0]
+        return self._unit
+
+    def similar(self, item_ids: Sequence[str], k: int) -> list[str]:
+        """Items closest (cosine, summed over seeds) to ``item_ids`` in the joint space."""
+        rows = [r for r in (self._scorer.row(i) for i in item_ids) if r]
+        if not rows or k <= 0:
+            return []
+        unit = self._unit_vectors()
+        sims = unit @ unit[rows].sum(axis=0)
+        sims[0] = -np.inf  # padding row
+        sims[rows] = -np.inf
+        k = min(k, sims.shape[0] - 1)
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [self._scorer.raw_id(int(r)) for r in top if np.isfinite(sims[r])]
+
+    async def score(
+        self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """Scores per user for ragged candidate lists (padded to one batch, then cut)."""
+        if not histories:
+            return []
+        width = max((len(c) for c in candidates), default=0)
+        if width == 0:
+            return [np.zeros(0, dtype=np.float32) for _ in candidates]
+        rows = np.zeros((len(candidates), width), dtype=np.int64)
+        for b, line in enumerate(candidates):
+            rows[b, : len(line)] = [self._scorer.row(i) for i in line]
+        scores = await self._scorer.score(self._scorer.histories(histories), rows)
+        out = []
+        for b, line in enumerate(candidates):
+            s = np.asarray(scores[b, : len(line)], dtype=np.float32).copy()
+            s[rows[b, : len(line)] == 0] = _UNKNOWN_SCORE
+            out.append(s)
+        return out
+
+    async def add_items(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Add items the model does not know, from their text (A-LLMRec's text path)."""
+        new = [(i, t) for i, t in zip(item_ids, texts, strict=True) if not self._scorer.row(i)]
+        if new:
+            await self._scorer.add_items([i for i, _ in new], [t for _, t in new])
+            logger.info("model: %d new items added from text", len(new))
+
+    def popular(self) -> list[str]:
+        """Fallback popularity before any live counts exist: none is shipped, so empty."""
+        return []
+
+
+@contextlib.asynccontextmanager
+async def open_scorer(settings: ModelSettings) -> AsyncIterator[ModelScorer]:
+    """Open the model directory of ``settings`` as a :class:`ModelScorer`."""
+    async with Scorer.open(settings) as scorer:
+        yield ModelScorer(scorer)
