@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,7 @@ def export_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": "A-LLMRec stage 1 over SASRec (+ hybrid prior head)",
         "data_hash": trained.data.data_hash,
+        "cold_items": [trained.data.item_raw_ids[i - 1] for i in trained.data.cold_items],
         "training_config": vars(cfg) | {},
         "training": trained.history,
         "fusion": trained.fusion,
@@ -270,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-current", action="store_true", help="leave models/current alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    # The exporter warns once per graph that torchvision's ops are not registered.
+    # The exporter warns once per graph that torchvision's ops are not registered,
+    # and about axis names it merges (we name every axis on purpose); both are noise.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.onnx\..*")
     runs = args.home / "runs"
     run_dir = args.run or max(runs.iterdir(), key=lambda p: p.stat().st_mtime)
     trained = load_run(run_dir, args.home / "cache")

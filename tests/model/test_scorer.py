@@ -1,0 +1,147 @@
+"""The Scorer on the exported tiny model: ranking, batching, new items, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.model.conftest import TinyModel
+from workers.errors import ConfigError, ModelError, ResourceClosedError
+from workers.model import ModelSettings, Scorer, load_manifest
+from workers.model.runtime import choose_providers
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+
+def _warm_runs(tiny: TinyModel, length: int) -> list[list[str]]:
+    """Histories of consecutive warm items whose successor is warm too."""
+    cold = set(tiny.manifest["cold_items"])  # type: ignore[arg-type]
+    n = int(tiny.manifest["shapes"]["items"]) - 1  # type: ignore[index]
+    runs = []
+    for start in range(1, n - length):
+        ids = [str(i) for i in range(start, start + length + 1)]
+        if not cold & set(ids):
+            runs.append(ids)
+    return runs
+
+
+async def test_planted_positive_ranks_first(tiny_model: TinyModel) -> None:
+    runs = _warm_runs(tiny_model, 6)[:32]
+    assert len(runs) >= 8
+    rng = np.random.default_rng(0)
+    async with Scorer.open(tiny_model.settings()) as scorer:
+        assert scorer.provider == "CPUExecutionProvider"
+        hist = scorer.histories([r[:-1] for r in runs])
+        cands = []
+        for r in runs:
+            others = [str(i) for i in rng.permutation(np.arange(1, scorer.n_items + 1))
+                      if str(i) not in r][:19]
+            cands.append([r[-1], *others])  # the planted next item is column 0
+        scores = await scorer.score(hist, scorer.rows(cands))
+    assert scores.shape == (len(runs), 20)
+    first = (scores.argmax(axis=1) == 0).mean()
+    print(f"planted positive ranked first for {first:.0%} of {len(runs)} users")
+    assert first >= 0.9
+
+
+async def test_batch_api_matches_single_calls_and_pads(tiny_model: TinyModel) -> None:
+    runs = _warm_runs(tiny_model, 4)[:5]
+    async with Scorer.open(tiny_model.settings()) as scorer:
+        hist = scorer.histories([r[:-1] for r in runs])
+        cands = scorer.rows([[r[-1], "1", "2"] for r in runs])
+        batch = await scorer.score(hist, cands)
+        singles = await asyncio.gather(*(scorer.score(hist[i : i + 1], cands[i : i + 1])
+                                         for i in range(len(runs))))
+        short = await scorer.score(hist[:, -4:], cands)  # padded to max_len inside
+        users = await scorer.user_vectors(hist)
+        empty = await scorer.score(hist[:0], cands[:0])
+    np.testing.assert_allclose(np.concatenate(singles), batch, atol=1e-5)
+    np.testing.assert_allclose(short, batch, atol=1e-5)
+    assert users.shape[0] == len(runs)
+    assert empty.shape == (0, 3)
+
+
+async def test_scoring_does_not_block_the_event_loop(tiny_model: TinyModel) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with Scorer.open(tiny_model.settings()) as scorer:
+        rng = np.random.default_rng(1)
+        hist = rng.integers(1, scorer.n_items, (256, scorer.max_len))
+        cands = rng.integers(1, scorer.n_items, (256, 500))
+        task = asyncio.create_task(ticker())
+        for _ in range(5):
+            await scorer.score(hist, cands)
+        task.cancel()
+    assert ticks > 5
+
+
+async def test_new_items_are_scoreable_from_text(tiny_model: TinyModel) -> None:
+    async with Scorer.open(tiny_model.settings()) as scorer:
+        before = scorer.n_items
+        rows = await scorer.add_items(["new-a", "new-b", "1"],
+                                      ["Movie 7 (1957). Genres: Action.", "A new film.", "x"])
+        assert scorer.n_items == before + 2
+        assert rows[0] == before + 1 and rows[1] == before + 2
+        assert rows[2] == scorer.row("1")  # known items keep their trained row
+        assert scorer.raw_id(int(rows[0])) == "new-a"
+        hist = scorer.histories([["3", "4", "new-a"]])  # a new item inside a history
+        scores = await scorer.score(hist, np.asarray([[rows[0], rows[1], 5]]))
+        assert np.isfinite(scores).all()
+        many = await scorer.add_items([f"bulk-{i}" for i in range(300)], ["text"] * 300)
+        assert scorer.n_items == before + 302 and many[-1] == before + 302
+        emb = await scorer.encode_texts(["hello", "world"])
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+async def test_lifecycle_close_twice_safe_reopen_refused(tiny_model: TinyModel) -> None:
+    scorer = Scorer.open(tiny_model.settings())
+    with pytest.raises(ResourceClosedError):
+        _ = scorer.version
+    async with scorer:
+        assert scorer.version == "tiny"
+        with pytest.raises(ResourceClosedError):
+            await scorer.start()
+    await scorer.aclose()
+    await scorer.aclose()
+    with pytest.raises(ResourceClosedError):
+        await scorer.score(np.zeros((1, 4), np.int64), np.ones((1, 1), np.int64))
+    with pytest.raises(ResourceClosedError):
+        async with scorer:
+            pass
+
+
+async def test_bad_inputs_are_refused(tiny_model: TinyModel) -> None:
+    async with Scorer.open(tiny_model.settings()) as scorer:
+        with pytest.raises(ValueError, match="out of range"):
+            await scorer.score(np.ones((1, 3), np.int64), np.asarray([[10**6]]))
+        with pytest.raises(ValueError, match=r"\[B, C\]"):
+            await scorer.score(np.ones((2, 3), np.int64), np.ones((3, 1), np.int64))
+
+
+async def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model"):
+        load_manifest(tmp_path)
+    with pytest.raises(ModelError):
+        async with Scorer.open(ModelSettings(model_dir=tmp_path, device="cpu")):
+            pass
+
+
+def test_provider_choice_and_settings() -> None:
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    assert choose_providers("auto")[-1] == "CPUExecutionProvider"
+    env = {"RECSTREAM_MODEL_DIR": "/m", "RECSTREAM_ORT_THREADS": "2",
+           "RECSTREAM_MODEL_DEVICE": "CPU", "RECSTREAM_TRAIN_PYTHON": "/py"}
+    s = ModelSettings.from_mapping(env)
+    assert (s.model_dir, s.intra_op_threads, s.device, s.train_python) == \
+        (Path("/m"), 2, "cpu", Path("/py"))
+    with pytest.raises(ConfigError):
+        ModelSettings.from_mapping({"RECSTREAM_MODEL_DEVICE": "tpu"})
