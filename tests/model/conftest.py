@@ -30,8 +30,11 @@ class TinyModel:
     parity: dict[str, float]
 
     def settings(self, **overrides: object) -> ModelSettings:
-        values: dict[str, object] = {"model_dir": self.model_dir, "intra_op_threads": 2,
-                                     "device": "cpu"}
+        values: dict[str, object] = {
+            "model_dir": self.model_dir,
+            "intra_op_threads": 2,
+            "device": "cpu",
+        }
         values |= overrides
         return ModelSettings(**values)  # type: ignore[arg-type]
 
@@ -43,8 +46,9 @@ class TinyModel:
 
 def _run(name: str, argv: list[str], settings: Settings) -> str:
     args, env = training_command(name, argv, settings)
-    proc = subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"recstream {name} failed:\n{output[-4000:]}"
     return proc.stdout
@@ -58,6 +62,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     settings = Settings.from_mapping({"RECSTREAM_HOME": str(home)})
     train_out = _run("train", ["--tiny", "--version", "tiny"], settings)
     export_out = _run("export", [], settings)
-    parity = {m[1]: float(m[2]) for m in re.finditer(
-        r"parity (\w+)\s+max \|onnxruntime - torch\| = (\S+)", export_out)}
+    parity = {
+        m[1]: float(m[2])
+        for m in re.finditer(r"parity (\w+)\s+max \|onnxruntime - torch\| = (\S+)", export_out)
+    }
     return TinyModel(home, home / "models" / "current", train_out, export_out, parity)

@@ -37,8 +37,9 @@ async def test_planted_positive_ranks_first(tiny_model: TinyModel) -> None:
         hist = scorer.histories([r[:-1] for r in runs])
         cands = []
         for r in runs:
-            others = [str(i) for i in rng.permutation(np.arange(1, scorer.n_items + 1))
-                      if str(i) not in r][:19]
+            others = [
+                str(i) for i in rng.permutation(np.arange(1, scorer.n_items + 1)) if str(i) not in r
+            ][:19]
             cands.append([r[-1], *others])  # the planted next item is column 0
         scores = await scorer.score(hist, scorer.rows(cands))
     assert scores.shape == (len(runs), 20)
@@ -53,8 +54,9 @@ async def test_batch_api_matches_single_calls_and_pads(tiny_model: TinyModel) ->
         hist = scorer.histories([r[:-1] for r in runs])
         cands = scorer.rows([[r[-1], "1", "2"] for r in runs])
         batch = await scorer.score(hist, cands)
-        singles = await asyncio.gather(*(scorer.score(hist[i : i + 1], cands[i : i + 1])
-                                         for i in range(len(runs))))
+        singles = await asyncio.gather(
+            *(scorer.score(hist[i : i + 1], cands[i : i + 1]) for i in range(len(runs)))
+        )
         short = await scorer.score(hist[:, -4:], cands)  # padded to max_len inside
         users = await scorer.user_vectors(hist)
         empty = await scorer.score(hist[:0], cands[:0])
@@ -87,8 +89,9 @@ async def test_scoring_does_not_block_the_event_loop(tiny_model: TinyModel) -> N
 async def test_new_items_are_scoreable_from_text(tiny_model: TinyModel) -> None:
     async with Scorer.open(tiny_model.settings()) as scorer:
         before = scorer.n_items
-        rows = await scorer.add_items(["new-a", "new-b", "1"],
-                                      ["Movie 7 (1957). Genres: Action.", "A new film.", "x"])
+        rows = await scorer.add_items(
+            ["new-a", "new-b", "1"], ["Movie 7 (1957). Genres: Action.", "A new film.", "x"]
+        )
         assert scorer.n_items == before + 2
         assert rows[0] == before + 1 and rows[1] == before + 2
         assert rows[2] == scorer.row("1")  # known items keep their trained row
@@ -138,10 +141,18 @@ async def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
 def test_provider_choice_and_settings() -> None:
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
     assert choose_providers("auto")[-1] == "CPUExecutionProvider"
-    env = {"RECSTREAM_MODEL_DIR": "/m", "RECSTREAM_ORT_THREADS": "2",
-           "RECSTREAM_MODEL_DEVICE": "CPU", "RECSTREAM_TRAIN_PYTHON": "/py"}
+    env = {
+        "RECSTREAM_MODEL_DIR": "/m",
+        "RECSTREAM_ORT_THREADS": "2",
+        "RECSTREAM_MODEL_DEVICE": "CPU",
+        "RECSTREAM_TRAIN_PYTHON": "/py",
+    }
     s = ModelSettings.from_mapping(env)
-    assert (s.model_dir, s.intra_op_threads, s.device, s.train_python) == \
-        (Path("/m"), 2, "cpu", Path("/py"))
+    assert (s.model_dir, s.intra_op_threads, s.device, s.train_python) == (
+        Path("/m"),
+        2,
+        "cpu",
+        Path("/py"),
+    )
     with pytest.raises(ConfigError):
         ModelSettings.from_mapping({"RECSTREAM_MODEL_DEVICE": "tpu"})

@@ -37,8 +37,11 @@ def training_command(
 def run_training_module(name: str, argv: list[str], settings: Settings | None = None) -> int:
     settings = settings or Settings.from_env()
     if not settings.model.train_python.is_file():
-        print(f"recstream: training interpreter {settings.model.train_python} not found; create "
-              ".venv-train (scripts/bootstrap) or set RECSTREAM_TRAIN_PYTHON", file=sys.stderr)
+        print(
+            f"recstream: training interpreter {settings.model.train_python} not found; create "
+            ".venv-train (scripts/bootstrap) or set RECSTREAM_TRAIN_PYTHON",
+            file=sys.stderr,
+        )
         return 2
     args, env = training_command(name, argv, settings)
     return subprocess.run(args, env=env, cwd=REPO_ROOT, check=False).returncode

@@ -18,12 +18,14 @@ _REQUIRED_FILES = (
     "scorer",
     "user_encoder",
     "text_to_joint",
-    "text_encoder",
     "tokenizer",
     "item_input",
     "item_joint",
     "item_ids",
 )
+# Loaded on first use (a new item's text): scoring works without it, and a
+# slim copy of the directory (the GPU check) may leave its ~90 MB out.
+_LAZY_FILES = ("text_encoder",)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ def load_manifest(model_dir: Path) -> ModelManifest:
             f"model format {raw.get('format')!r} in {model_dir}, this build reads {MANIFEST_FORMAT}"
         )
     try:
-        files = {name: directory / raw["files"][name] for name in _REQUIRED_FILES}
+        names = (*_REQUIRED_FILES, *_LAZY_FILES)
+        files = {name: directory / raw["files"][name] for name in names}
         shapes = raw["shapes"]
         manifest = ModelManifest(
             directory=directory,
@@ -78,7 +81,7 @@ def load_manifest(model_dir: Path) -> ModelManifest:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"incomplete manifest in {model_dir}: {exc!r}") from exc
-    missing = [str(p) for p in files.values() if not p.is_file()]
+    missing = [str(files[name]) for name in _REQUIRED_FILES if not files[name].is_file()]
     if missing:
         raise ModelError(f"model directory {model_dir} lacks {missing}")
     return manifest

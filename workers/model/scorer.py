@@ -66,8 +66,9 @@ class _Table:
     def append(self, rows: FloatArray) -> None:
         need = self.size + rows.shape[0]
         if need > self._buf.shape[0]:
-            grown = np.empty((max(need, 2 * self._buf.shape[0]), self._buf.shape[1]),
-                             dtype=np.float32)
+            grown = np.empty(
+                (max(need, 2 * self._buf.shape[0]), self._buf.shape[1]), dtype=np.float32
+            )
             grown[: self.size] = self._buf[: self.size]
             self._buf = grown
         self._buf[self.size : need] = rows
@@ -108,7 +109,9 @@ class Scorer:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
@@ -141,7 +144,6 @@ class Scorer:
         self._scorer = open_session(manifest.path("scorer"), self._settings)
         self._user_encoder = open_session(manifest.path("user_encoder"), self._settings)
         self._text_to_joint = open_session(manifest.path("text_to_joint"), self._settings)
-        self._text_encoder = TextEncoder(manifest, self._settings)
         try:
             item_input = np.load(manifest.path("item_input"))
             item_joint = np.load(manifest.path("item_joint"))
@@ -155,8 +157,13 @@ class Scorer:
         self._index = {raw: row for row, raw in enumerate(self._raw_ids) if row}
         self._manifest = manifest
         self.provider = self._scorer.get_providers()[0]
-        log.info("scorer loaded model %s (%d items) on %s in %.2fs", manifest.version,
-                 len(self._raw_ids) - 1, self.provider, time.perf_counter() - started)
+        log.info(
+            "scorer loaded model %s (%d items) on %s in %.2fs",
+            manifest.version,
+            len(self._raw_ids) - 1,
+            self.provider,
+            time.perf_counter() - started,
+        )
 
     def _require(self) -> ModelManifest:
         if self._state is not _State.OPEN or self._manifest is None:
@@ -231,10 +238,15 @@ class Scorer:
         if c.min() < 0 or c.max() >= self._input.size or h.min() < 0 or h.max() >= self._input.size:
             raise ValueError("item rows out of range")
         try:
-            (scores,) = self._scorer.run(None, {
-                "histories": h, "candidates": c,
-                "item_input": self._input.view, "item_joint": self._joint.view,
-            })
+            (scores,) = self._scorer.run(
+                None,
+                {
+                    "histories": h,
+                    "candidates": c,
+                    "item_input": self._input.view,
+                    "item_joint": self._joint.view,
+                },
+            )
         except Exception as exc:
             raise ModelError(f"scoring failed: {exc}") from exc
         result: FloatArray = scores
@@ -247,9 +259,13 @@ class Scorer:
 
     def _users(self, histories: IntArray) -> FloatArray:
         assert self._input is not None
-        (users,) = self._user_encoder.run(None, {
-            "histories": self._pad(histories), "item_input": self._input.view,
-        })
+        (users,) = self._user_encoder.run(
+            None,
+            {
+                "histories": self._pad(histories),
+                "item_input": self._input.view,
+            },
+        )
         result: FloatArray = users
         return result
 
@@ -258,10 +274,18 @@ class Scorer:
         result: FloatArray = await self._run(self._users, histories)
         return result
 
+    def _encoder(self) -> TextEncoder:
+        """The MiniLM runtime, loaded on first use (runs on the scorer thread)."""
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder(self._require(), self._settings)
+        return self._text_encoder
+
+    def _encode(self, texts: list[str]) -> FloatArray:
+        return self._encoder().encode(texts)
+
     def _add(self, raw_ids: Sequence[str], texts: Sequence[str]) -> IntArray:
-        assert self._text_encoder is not None
         assert self._input is not None and self._joint is not None
-        emb = self._text_encoder.encode(texts)
+        emb = self._encoder().encode(texts)
         new_input, new_joint = self._text_to_joint.run(None, {"text_embeddings": emb})
         rows = np.empty(len(raw_ids), dtype=np.int64)
         fresh: list[int] = []
@@ -302,8 +326,5 @@ class Scorer:
 
     async def encode_texts(self, texts: Sequence[str]) -> FloatArray:
         """MiniLM sentence embeddings [N, 384] through the ONNX text encoder."""
-        encoder = self._text_encoder
-        if encoder is None:
-            raise ResourceClosedError(f"scorer is {self._state.value}")
-        result: FloatArray = await self._run(encoder.encode, list(texts))
+        result: FloatArray = await self._run(self._encode, list(texts))
         return result

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
+from workers.errors import ModelError
 from workers.model.manifest import ModelManifest
 from workers.model.runtime import open_session
 from workers.model.settings import ModelSettings
@@ -24,6 +25,10 @@ class TextEncoder:
     """
 
     def __init__(self, manifest: ModelManifest, settings: ModelSettings) -> None:
+        if not manifest.path("text_encoder").is_file():
+            raise ModelError(
+                f"model {manifest.version} has no text encoder ({manifest.path('text_encoder')})"
+            )
         self._tokenizer = Tokenizer.from_file(str(manifest.path("tokenizer")))
         self._tokenizer.enable_truncation(manifest.max_tokens)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
