@@ -104,13 +104,14 @@ class BatchProcessor:
                 METRICS.latency.labels(o.topic).observe(total / 1000)
         self.health.in_flight_since = None
         self.health.last_progress = time.monotonic()
-        parts = sorted({(r.partition, r.offset) for r in records})
+        spans: dict[int, list[int]] = {}
+        for r in records:
+            span = spans.setdefault(r.partition, [r.offset, r.offset])
+            span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
         logger.info(
-            "batch topic=%s partitions=%s offsets=%d..%d in=%d valid=%d dead=%d out=%d ms=%.1f",
+            "batch topic=%s offsets=%s in=%d valid=%d dead=%d out=%d ms=%.1f",
             topic,
-            sorted({p for p, _ in parts}),
-            parts[0][1] if parts else -1,
-            parts[-1][1] if parts else -1,
+            ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(spans.items())),
             len(records),
             len(valid),
             len(dead),
@@ -250,7 +251,9 @@ def create_app(
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        ok = health.ready and health.retrying is None
+        # Ready = resources open, no retry loop, and partitions assigned (before
+        # the group join finishes, a "ready" worker would not consume anything).
+        ok = health.ready and health.retrying is None and bool(app.consumer.assignment())
         return web.json({"ready": ok, "retrying": health.retrying}, status=200 if ok else 503)
 
     @app.page("/metrics")

@@ -32,7 +32,7 @@ from contracts import (
 from streams.kafka import ensure_topics
 from workers.settings import Settings
 
-__all__ = ["ReplayStats", "ml100k_events", "replay"]
+__all__ = ["ReplayStats", "ml100k_events", "ml100k_folder", "replay"]
 
 # A day in the data set's own time between interactions is not needed: ids
 # and order carry the meaning; timestamps are the data's own (1997-1998).
@@ -61,7 +61,7 @@ class ReplayStats:
         return self.catalog + self.interactions + self.requests + self.malformed
 
 
-def _ml100k_folder(settings: Settings) -> Path:
+def ml100k_folder(settings: Settings) -> Path:
     from workers.training.data import fetch_ml100k  # numpy only; shared with training
 
     folder: Path = fetch_ml100k(settings.home / "cache")
@@ -134,7 +134,7 @@ async def replay(
     """Produce catalog, interactions and requests; return what was sent."""
     await ensure_topics(settings.kafka)
     catalog, events = ml100k_events(
-        _ml100k_folder(settings), limit=limit, request_every=request_every, users=users
+        ml100k_folder(settings), limit=limit, request_every=request_every, users=users
     )
     rng = random.Random(seed)
     stats = ReplayStats()

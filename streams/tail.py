@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -24,10 +25,17 @@ from workers.settings import Settings
 __all__ = ["format_event", "main"]
 
 
-def format_event(event: Any) -> str:
-    """One or two human-readable lines for an output event."""
+def format_event(event: Any, titles: Mapping[str, str] | None = None) -> str:
+    """One or two human-readable lines for an output event (item titles when known)."""
     if isinstance(event, Recommendation):
-        items = ", ".join(f"{i.item_id}({i.score:.3f})" for i in event.items[:10])
+        if titles:
+            items = "\n    ".join(
+                f"{i.rank:>2}. {titles.get(i.item_id, i.item_id)}  "
+                f"[{i.item_id}, {i.score:.3f}, {i.source}]"
+                for i in event.items[:10]
+            )
+        else:
+            items = ", ".join(f"{i.item_id}({i.score:.3f})" for i in event.items[:10])
         return (
             f"rec {event.rec_id[:8]} user={event.user_id} "
             f"cause={event.cause.kind}:{event.cause.id} "
