@@ -61,7 +61,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     home = tmp_path_factory.mktemp("recstream-home")
     settings = Settings.from_mapping({"RECSTREAM_HOME": str(home)})
     train_out = _run("train", ["--tiny", "--version", "tiny"], settings)
-    export_out = _run("export", [], settings)
+    export_out = _run("export", ["--threads", "1"], settings)
     parity = {
         m[1]: float(m[2])
         for m in re.finditer(r"parity (\w+)\s+max \|onnxruntime - torch\| = (\S+)", export_out)

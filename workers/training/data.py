@@ -9,7 +9,8 @@ Splits (all seeded, all deterministic):
 - **Cold items**: ``cold_fraction`` of the items, drawn uniformly with the
   seed, are removed from training entirely (every interaction with them).
 - **Warm leave-one-out**: each user's interactions with warm items, in
-  chronological order (ties broken by item id), give: last = test,
+  chronological order (equal timestamps keep the file's order, as RecBole
+  does; ML-100k rates many items in the same second), give: last = test,
   second-to-last = validation, the rest = training.
 - **Cold test**: for each user who interacted with a cold item, the target is
   the user's last cold interaction and the history is the user's warm items
@@ -123,7 +124,10 @@ def _build(
     is_cold = np.zeros(n_items + 1, dtype=bool)
     is_cold[cold] = True
 
-    order = np.lexsort((items, stamps, users))
+    # Stable: equal timestamps keep file order. Breaking ties by item id would
+    # make the test item the highest id of the last second (ids follow the
+    # catalogue's age and popularity), an artefact no model should learn.
+    order = np.lexsort((np.arange(len(users)), stamps, users))
     users, items, stamps = users[order], items[order], stamps[order]
     bounds = np.searchsorted(users, np.arange(n_users + 1))
     train_seqs: list[list[int]] = []

@@ -270,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="model directory (default: <home>/models/<run name>)"
     )
     parser.add_argument("--no-current", action="store_true", help="leave models/current alone")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     # The exporter warns once per graph that torchvision's ops are not registered,
     # and about axis names it merges (we name every axis on purpose); both are noise.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

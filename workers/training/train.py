@@ -69,6 +69,9 @@ class TrainConfig:
         """Seconds-long settings for the test suite (synthetic data)."""
         return cls(
             synthetic=True,
+            # One thread: tests often share the 2 cores with other processes, and
+            # two processes spinning 2 OpenMP threads each ran ~20x slower.
+            threads=1,
             dim=32,
             max_len=20,
             sas_epochs=60,
