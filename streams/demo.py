@@ -63,22 +63,22 @@ def _start_workers(
     procs = []
     for n, role in enumerate(ROLES):
         port = settings.stream.web_port + n
-        handle = (logs / f"worker-{role}.log").open("ab")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streams.cli",
-                "worker",
-                "--role",
-                role,
-                "--web-port",
-                str(port),
-            ],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+        with (logs / f"worker-{role}.log").open("ab") as handle:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "worker",
+                    "--role",
+                    role,
+                    "--web-port",
+                    str(port),
+                ],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
         procs.append((role, port, proc))
         print(
             f"worker {role:<12} pid {proc.pid}, http://127.0.0.1:{port}/readyz, "

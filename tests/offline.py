@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 
 from contracts import Interaction
 from workers import constants as c
@@ -11,7 +11,6 @@ from workers.state import UserState, event_weight
 
 def recompute(
     events: Iterable[Interaction],
-    tokens: Callable[[str], Sequence[str]],
     *,
     history_max: int = c.HISTORY_MAX,
     exclude_kinds: frozenset[str] = c.EXCLUDE_KINDS,
@@ -42,8 +41,7 @@ def recompute(
         w = event_weight(e)
         if w:
             a = aff.setdefault(e.user_id, {})
-            for token in tokens(e.item_id):
-                a[token] = a.get(token, 0) + w
+            a[e.item_id] = a.get(e.item_id, 0) + w
     return {
         u: UserState(u, tuple(hist[u]), counters[u], aff.get(u, {}), frozenset(excl.get(u, ())))
         for u in counters

@@ -9,10 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import Interaction
+from tests.offline import recompute
 from workers import constants as c
 from workers.resources import RedisResource
 from workers.settings import Settings
-from tests.offline import recompute
 from workers.state import UserState, UserStateStore
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def _events(n: int, seed: int = 7) -> list[Interaction]:
 
 
 def offline(events: list[Interaction], history_max: int = c.HISTORY_MAX) -> dict[str, UserState]:
-    return recompute(events, lambda item: GENRES[item], history_max=history_max)
+    return recompute(events, history_max=history_max)
 
 
 async def _state(store: UserStateStore, users: list[str]) -> dict[str, UserState]:
@@ -54,7 +54,7 @@ async def test_apply_matches_offline_recomputation(
     async with RedisResource(settings.redis) as redis:
         store = UserStateStore(redis)
         for start in range(0, len(events), 97):
-            await store.apply(events[start : start + 97], GENRES)
+            await store.apply(events[start : start + 97])
         users = sorted({e.user_id for e in events})
         assert await _state(store, users) == offline(events)
 
@@ -63,7 +63,7 @@ async def test_replays_change_nothing(settings: Settings, redis_client: aioredis
     events = _events(400, seed=11)
     async with RedisResource(settings.redis) as redis:
         store = UserStateStore(redis)
-        first = await store.apply(events, GENRES)
+        first = await store.apply(events)
         assert first.applied == len(events) and first.duplicates == 0
         users = sorted({e.user_id for e in events})
         once = await _state(store, users)
@@ -77,7 +77,7 @@ async def test_replays_change_nothing(settings: Settings, redis_client: aioredis
         for _ in range(rng.randint(2, 5)):
             copy = list(events)
             rng.shuffle(copy)
-            replays += [store.apply(copy[i : i + 50], GENRES) for i in range(0, len(copy), 50)]
+            replays += [store.apply(copy[i : i + 50]) for i in range(0, len(copy), 50)]
         results = await asyncio.gather(*replays)
         assert sum(r.applied for r in results) == 0
         assert await _state(store, users) == once
@@ -106,7 +106,12 @@ async def test_keys_share_one_hash_slot_per_user(
 ) -> None:
     async with RedisResource(settings.redis) as redis:
         store = UserStateStore(redis)
-        await store.apply([Interaction("e1", "user-42", "i1", "purchase", 5)], GENRES)
+        await store.apply([Interaction("e1", "user-42", "i1", "purchase", 5)])
         keys = [k.decode() for k in await redis_client.keys("*user-42*")]
     assert len(keys) == 5
     assert {k.split("{")[1].split("}")[0] for k in keys} == {"user-42"}
+
+
+def test_affinities_are_derived_from_item_weights_and_the_catalog() -> None:
+    state = UserState("u", ("i1", "i2"), {"n": 3}, {"i1": 4, "i2": -1, "i3": 2})
+    assert state.affinities(lambda item: GENRES[item]) == {"g1": 4, "g2": 3, "g3": 1, "g4": 2}

@@ -148,8 +148,7 @@ class Pipeline(Resource):
     async def on_interactions(self, events: Sequence[Interaction]) -> list[Output]:
         """Apply state; recommend for users whose new events trigger the policy."""
         started = time.perf_counter()
-        item_tokens = {e.item_id: self.catalog.tokens(e.item_id) for e in events}
-        result = await self.user_state.apply(events, item_tokens)
+        result = await self.user_state.apply(events)
         if result.applied == 0:
             return []
         stream = self.settings.stream

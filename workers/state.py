@@ -5,7 +5,7 @@ touches all of them, runs in one slot of a Redis Cluster:
 
     <prefix>:u:{<user>}:h    list   recent items, most recent first, unique, bounded
     <prefix>:u:{<user>}:c    hash   counters: n, n:<kind>, first_ts, last_ts
-    <prefix>:u:{<user>}:a    hash   attribute affinities (integer weights)
+    <prefix>:u:{<user>}:w    hash   item -> summed interaction weight (integers)
     <prefix>:u:{<user>}:d    zset   applied event ids -> time applied (dedupe, TTL)
     <prefix>:u:{<user>}:x    zset   consumed items -> event time (excluded from lists), bounded
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -38,11 +38,9 @@ __all__ = ["ApplyResult", "UserState", "UserStateStore"]
 
 logger = logging.getLogger(__name__)
 
-_SEP = "\x1f"
-
-# KEYS: hist, counters, affinity, dedupe, excluded
+# KEYS: hist, counters, item weights, dedupe, excluded
 # ARGV: now_ms, dedupe_ttl_ms, dedupe_max, history_max, then 8 per event: event_id,
-#       item_id, kind, ts_ms, weight, in_history, excluded ("1"/"0"), attrs (\x1f-joined)
+#       item_id, kind, ts_ms, weight, in_history, excluded ("1"/"0")
 _APPLY_LUA = """
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -54,8 +52,8 @@ local pushed = false
 local i = 5
 while i <= #ARGV do
   local eid, item, kind, ts = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
-  local weight, in_hist, excl, attrs = tonumber(ARGV[i+4]), ARGV[i+5], ARGV[i+6], ARGV[i+7]
-  i = i + 8
+  local weight, in_hist, excl = tonumber(ARGV[i+4]), ARGV[i+5], ARGV[i+6]
+  i = i + 7
   if redis.call('ZADD', KEYS[4], 'NX', now, eid) == 1 then
     if in_hist == '1' then
       redis.call('LREM', KEYS[1], 0, item)
@@ -69,11 +67,7 @@ while i <= #ARGV do
     if ts > last then redis.call('HSET', KEYS[2], 'last_ts', ts) end
     local first = tonumber(redis.call('HGET', KEYS[2], 'first_ts') or '-1')
     if first < 0 or ts < first then redis.call('HSET', KEYS[2], 'first_ts', ts) end
-    if weight ~= 0 and attrs ~= '' then
-      for attr in string.gmatch(attrs, '[^\\31]+') do
-        redis.call('HINCRBY', KEYS[3], attr, weight)
-      end
-    end
+    if weight ~= 0 then redis.call('HINCRBY', KEYS[3], item, weight) end
     applied[#applied + 1] = eid
   end
 end
@@ -102,12 +96,24 @@ class UserState:
     user_id: str
     history: tuple[str, ...]  # most recent first
     counters: Mapping[str, int]
-    affinities: Mapping[str, int]
+    item_weights: Mapping[str, int]
     excluded: frozenset[str] = frozenset()
 
     @property
     def interactions(self) -> int:
         return self.counters.get("n", 0)
+
+    def affinities(self, tokens: Callable[[str], Iterable[str]]) -> dict[str, int]:
+        """Attribute affinities (``genres=Drama`` -> weight) under the current catalog.
+
+        Derived when read, not stored: an interaction that arrives before its
+        item's catalog entry still counts once the catalog knows the item.
+        """
+        out: dict[str, int] = defaultdict(int)
+        for item, weight in self.item_weights.items():
+            for token in tokens(item):
+                out[token] += weight
+        return dict(out)
 
 
 def event_weight(event: Interaction) -> int:
@@ -133,7 +139,7 @@ class UserStateStore:
 
     def _keys(self, user_id: str) -> list[str]:
         tag = "{" + user_id + "}"
-        return [self._redis.key("u", tag, s) for s in ("h", "c", "a", "d", "x")]
+        return [self._redis.key("u", tag, s) for s in ("h", "c", "w", "d", "x")]
 
     def pop_key(self, bucket: int) -> str:
         return self._redis.key("pop", bucket)
@@ -141,14 +147,12 @@ class UserStateStore:
     async def apply(
         self,
         events: Sequence[Interaction],
-        item_attributes: Mapping[str, Iterable[str]] | None = None,
         *,
         now_ms: int | None = None,
     ) -> ApplyResult:
         """Apply a micro-batch atomically per user; return counts. Raises StateStoreError."""
         if not events:
             return ApplyResult(0, 0, 0)
-        attrs = item_attributes or {}
         now = int(time.time() * 1000) if now_ms is None else now_ms
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in events:
@@ -168,7 +172,6 @@ class UserStateStore:
                             event_weight(e),
                             "1" if e.kind in c.HISTORY_KINDS else "0",
                             "1" if e.kind in self._exclude_kinds else "0",
-                            _SEP.join(attrs.get(e.item_id, ())),
                         ]
                     await self._script(keys=self._keys(user_id), args=args, client=pipe)
                 replies = await pipe.execute()
@@ -209,23 +212,23 @@ class UserStateStore:
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
-                    hist, counters, affinity, _, excluded = self._keys(user_id)
+                    hist, counters, weights, _, excluded = self._keys(user_id)
                     pipe.lrange(hist, 0, history - 1)
                     pipe.hgetall(counters)
-                    pipe.hgetall(affinity)
+                    pipe.hgetall(weights)
                     pipe.zrange(excluded, 0, -1)
                 replies = await pipe.execute()
         except RedisError as exc:
             raise StateStoreError(f"state read failed: {exc}") from exc
         out = []
         for n, user_id in enumerate(user_ids):
-            hist, counters, affinity, excluded = replies[4 * n : 4 * n + 4]
+            hist, counters, weights, excluded = replies[4 * n : 4 * n + 4]
             out.append(
                 UserState(
                     user_id=user_id,
                     history=tuple(h.decode() for h in hist),
                     counters={k.decode(): int(v) for k, v in counters.items()},
-                    affinities={k.decode(): int(v) for k, v in affinity.items()},
+                    item_weights={k.decode(): int(v) for k, v in weights.items()},
                     excluded=frozenset(x.decode() for x in excluded),
                 )
             )

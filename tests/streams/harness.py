@@ -59,8 +59,10 @@ class WorkerProcess:
         args = [str(REPO_ROOT / ".venv/bin/recstream"), "worker", "--web-port", str(self.port)]
         for role in self.roles:
             args += ["--role", role]
-        handle = self.log.open("ab")
-        self.proc = subprocess.Popen(args, env=self.env, stdout=handle, stderr=subprocess.STDOUT)
+        with self.log.open("ab") as handle:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                args, env=self.env, stdout=handle, stderr=subprocess.STDOUT
+            )
         return self
 
     async def wait_ready(self, timeout: float = 90.0) -> None:

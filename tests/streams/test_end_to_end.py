@@ -16,10 +16,9 @@ import redis.asyncio as aioredis
 
 from contracts import CatalogChange, DeadLetter, Recommendation, RecommendationRequest, topics
 from streams.kafka import KafkaProducerResource
-from streams.replay import _ml100k_folder, ml100k_events, replay
+from streams.replay import ml100k_events, ml100k_folder, replay
 from tests.offline import recompute
 from tests.streams.harness import WorkerProcess, collect, worker_env
-from workers.catalog import attribute_tokens
 from workers.resources import RedisResource
 from workers.settings import Settings
 from workers.state import UserState, UserStateStore
@@ -31,7 +30,7 @@ SLICE = 3000  # ratings; ~150 users
 
 def _slice(settings: Settings, limit: int = SLICE, request_every: int = 10):  # type: ignore[no-untyped-def]
     catalog, stream = ml100k_events(
-        _ml100k_folder(settings), limit=limit, request_every=request_every
+        ml100k_folder(settings), limit=limit, request_every=request_every
     )
     events = list(stream)
     return catalog, events
@@ -44,9 +43,8 @@ async def _state_of(settings: Settings, users: list[str]) -> dict[str, UserState
 
 
 def _expected(catalog: list[CatalogChange], events: list) -> dict[str, UserState]:  # type: ignore[type-arg]
-    tokens = {c.item_id: attribute_tokens(c.to_dict()["attributes"]) for c in catalog}
     interactions = [e for t, e in events if t == topics.INTERACTIONS]
-    return recompute(interactions, lambda i: tokens.get(i, ()))
+    return recompute(interactions)
 
 
 async def _wait_for_state(
@@ -144,6 +142,8 @@ async def test_malformed_events_go_to_dead_letters_with_exact_counts(
         dead = await collect(
             settings, topics.DEAD_LETTERS, until=lambda d: len(d) >= stats.malformed, timeout=10
         )
+        expected = _expected(*_slice(settings, limit=1500))
+        await _wait_for_state(settings, expected)
         health = await worker.get("/healthz")
         assert worker.alive() and health.status_code == 200
     finally:
@@ -154,7 +154,6 @@ async def test_malformed_events_go_to_dead_letters_with_exact_counts(
         for d in dead
     )
     assert len({d.dead_letter_id for d in dead}) == len(dead)
-    expected = _expected(*_slice(settings, limit=1500))
     assert await _state_of(settings, sorted(expected)) == expected, "valid events unaffected"
     print(
         f"\n{stats.malformed} malformed among {total_valid} valid -> {len(dead)} dead letters; "
