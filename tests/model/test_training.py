@@ -37,7 +37,7 @@ def test_evaluation_prints_protocol_with_every_table(tiny_model: TinyModel) -> N
     assert "19 negatives" in out
     report = json.loads((tiny_model.home / "runs" / "tiny" / "metrics.json").read_text())
     full = report["results"]["full"]
-    assert set(full) == {"Popularity", "BPR-MF", "SASRec", "A-LLMRec"}
+    assert {"Popularity", "BPR-MF", "SASRec", "A-LLMRec"} <= set(full)
     assert {"HR@10", "NDCG@10", "MRR@10", "coverage@10", "pop_pct@10"} <= set(full["SASRec"])
     assert "Hit@1" in report["results"]["sampled"]["A-LLMRec"]
     # The planted structure is learnable: sequence models beat popularity by far.

@@ -83,7 +83,9 @@ def build_cases(data: Dataset) -> dict[str, Case]:
 
 
 @torch.no_grad()
-def item_tables(trained: Trained) -> tuple[torch.Tensor, torch.Tensor]:
+def item_tables(
+    trained: Trained, fusion: dict[str, float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(item_input [N+1, d], item_joint [N+1, d+1]) as exported for the workers.
 
     With j(t) = item_dec(text_enc(t)), the stage-1 text path into SASRec's space,
@@ -94,9 +96,12 @@ def item_tables(trained: Trained) -> tuple[torch.Tensor, torch.Tensor]:
     - cold item, or any item added at run time (text only):
       input = j(t); joint = [(1 + w_text) * j(t), 0]
     - row 0 (padding) is zero.
+
+    ``fusion`` overrides the trained weights (the report's ablation rows).
     """
     data, sas, s1 = trained.data, trained.sasrec, trained.stage1
-    w_text, w_pop = trained.fusion["text"], trained.fusion["pop"]
+    fusion = trained.fusion if fusion is None else fusion
+    w_text, w_pop = fusion["text"], fusion["pop"]
     warm = torch.from_numpy(np.flatnonzero(data.warm_mask))
     cold = torch.from_numpy(data.cold_items)
     emb = sas.item_emb.weight.detach()
@@ -115,7 +120,6 @@ def item_tables(trained: Trained) -> tuple[torch.Tensor, torch.Tensor]:
 def score_functions(trained: Trained) -> dict[str, ScoreFn]:
     cfg, data, sas = trained.config, trained.data, trained.sasrec
     counts = torch.from_numpy(data.train_popularity()).double()
-    item_input, item_joint = item_tables(trained)
     sas_table = sas.item_emb.weight.detach()
 
     def popularity(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
@@ -130,12 +134,26 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
         u = sas.user(left_pad(list(hists), cfg.max_len))
         return (u @ sas_table.T).numpy()
 
-    @torch.no_grad()
-    def allmrec(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
-        u = sas.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
-        return (u @ item_joint[:, :-1].T + item_joint[:, -1]).numpy()
+    def allmrec(fusion: dict[str, float]) -> ScoreFn:
+        item_input, item_joint = item_tables(trained, fusion)
 
-    return {"Popularity": popularity, "BPR-MF": bpr, "SASRec": sasrec, "A-LLMRec": allmrec}
+        @torch.no_grad()
+        def score(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+            u = sas.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
+            return (u @ item_joint[:, :-1].T + item_joint[:, -1]).numpy()
+
+        return score
+
+    w_text, w_pop = trained.fusion["text"], trained.fusion["pop"]
+    return {
+        "Popularity": popularity,
+        "BPR-MF": bpr,
+        "SASRec": sasrec,
+        "A-LLMRec": allmrec(trained.fusion),
+        # Ablations of the hybrid head: where does the gain come from?
+        "A-LLMRec -prior": allmrec({"text": w_text, "pop": 0.0}),
+        "SASRec +prior": allmrec({"text": 0.0, "pop": w_pop}),
+    }
 
 
 def evaluate_run(trained: Trained) -> dict[str, Any]:
@@ -172,18 +190,25 @@ def evaluate_run(trained: Trained) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     split = report["split"]
+    fusion = report.get("training", {}).get("fusion", {})
     print(f"\nDataset: {report['dataset']}  ({report['data_hash'][:24]}...)")
     print(
         f"Split: chronological leave-one-out, seed {split['seed']}; {split['users']} users, "
         f"{split['items']} items, {split['cold_items']} cold items held out of training; "
         f"{split['test_users']} test users, {split['cold_test_users']} cold test users"
     )
+    if fusion:
+        print(
+            f"A-LLMRec = stage 1 + hybrid head, w_text={fusion['text']}, w_pop={fusion['pop']} "
+            "(chosen on validation); '  no prior' sets w_pop=0 (stage 1 text path only); "
+            "'  prior only' sets w_text=0 (SASRec + popularity prior, no text)"
+        )
     for proto, models in report["results"].items():
         print(f"\n[{proto}] {report['protocols'][proto]}")
         metrics = [m for m in next(iter(models.values())) if m != "n"]
-        print(f"  {'model':<12}" + "".join(f"{m:>13}" for m in metrics))
+        print(f"  {'model':<16}" + "".join(f"{m:>13}" for m in metrics))
         for name, values in models.items():
-            print(f"  {name:<12}" + "".join(f"{values[m]:>13.4f}" for m in metrics))
+            print(f"  {name:<16}" + "".join(f"{values[m]:>13.4f}" for m in metrics))
 
 
 def main(argv: list[str] | None = None) -> int:
