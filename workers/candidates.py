@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from workers import constants as c
@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 class SimilarItems(Protocol):
     """What candidate generation needs of the model: neighbours in the joint space."""
 
-    def similar(self, item_ids: Sequence[str], k: int) -> list[str]: ...
+    def similar(
+        self, item_ids: Sequence[str], k: int, exclude: Collection[str] = ()
+    ) -> list[str]: ...
 
 
 class PopularItems:
@@ -100,11 +102,9 @@ class CandidateGenerator:
 
         if self._similar is not None and state.history:
             # ~60% of the budget to neighbours: they carry the model's signal.
-            per_seed = max(self._max // max(1, min(recent, len(state.history))), 10)
-            neighbours = self._similar.similar(
-                list(state.history[:recent]), per_seed + len(blocked)
-            )
-            take(neighbours, "similar", int(self._max * 0.6))
+            budget = int(self._max * 0.6)
+            neighbours = self._similar.similar(list(state.history[:recent]), budget, blocked)
+            take(neighbours, "similar", budget)
         take(self.popular_items(), "popular", self._max - 10)
         take(self._popular.fresh, "fresh", self._max)
         take(self.popular_items(), "popular", self._max)

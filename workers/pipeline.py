@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,7 +52,9 @@ class Scorer(Protocol):
     @property
     def version(self) -> str: ...
 
-    def similar(self, item_ids: Sequence[str], k: int) -> list[str]: ...
+    def similar(
+        self, item_ids: Sequence[str], k: int, exclude: Collection[str] = ()
+    ) -> list[str]: ...
 
     async def score(
         self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
@@ -231,7 +233,7 @@ class Pipeline(Resource):
         if not asks:
             return []
         t = time.perf_counter()
-        states = await self.user_state.load([a.user_id for a in asks])
+        states = await self.user_state.load([a.user_id for a in asks], weights=False)
         state_ms = _ms(t)
         model_asks: list[_Ask] = []
         candidate_lists: list[list[tuple[str, str]]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -53,8 +53,9 @@ class ModelScorer:
             self._unit_rows = vectors.shape[0]
         return self._unit
 
-    def similar(self, item_ids: Sequence[str], k: int) -> list[str]:
-        """Items closest (cosine, summed over seeds) to ``item_ids`` in the joint space."""
+    def similar(self, item_ids: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[str]:
+        """Items closest (cosine, summed over seeds) to ``item_ids`` in the joint space,
+        leaving out the seeds and ``exclude``."""
         rows = [r for r in (self._scorer.row(i) for i in item_ids) if r]
         if not rows or k <= 0:
             return []
@@ -62,6 +63,8 @@ class ModelScorer:
         sims = unit @ unit[rows].sum(axis=0)
         sims[0] = -np.inf  # padding row
         sims[rows] = -np.inf
+        if exclude:
+            sims[[self._scorer.row(i) for i in exclude]] = -np.inf  # unknown ids hit row 0
         k = min(k, sims.shape[0] - 1)
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top], kind="stable")]

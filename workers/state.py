@@ -206,29 +206,36 @@ class UserStateStore:
             )
             await pipe.execute()
 
-    async def load(self, user_ids: Sequence[str], *, history: int = 50) -> list[UserState]:
-        """Read several users' state in one pipeline."""
+    async def load(
+        self, user_ids: Sequence[str], *, history: int = 50, weights: bool = True
+    ) -> list[UserState]:
+        """Read several users' state in one pipeline. ``weights=False`` skips the
+        per-item weights, which scoring does not need and which grow with the history."""
         client = self._redis.client
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
-                    hist, counters, weights, _, excluded = self._keys(user_id)
+                    hist, counters, weights_key, _, excluded = self._keys(user_id)
                     pipe.lrange(hist, 0, history - 1)
                     pipe.hgetall(counters)
-                    pipe.hgetall(weights)
+                    if weights:
+                        pipe.hgetall(weights_key)
                     pipe.zrange(excluded, 0, -1)
                 replies = await pipe.execute()
         except RedisError as exc:
             raise StateStoreError(f"state read failed: {exc}") from exc
+        per_user = 4 if weights else 3
         out = []
         for n, user_id in enumerate(user_ids):
-            hist, counters, weights, excluded = replies[4 * n : 4 * n + 4]
+            reply = replies[per_user * n : per_user * (n + 1)]
+            hist, counters, excluded = reply[0], reply[1], reply[-1]
+            item_weights = reply[2] if weights else {}
             out.append(
                 UserState(
                     user_id=user_id,
                     history=tuple(h.decode() for h in hist),
                     counters={k.decode(): int(v) for k, v in counters.items()},
-                    item_weights={k.decode(): int(v) for k, v in weights.items()},
+                    item_weights={k.decode(): int(v) for k, v in item_weights.items()},
                     excluded=frozenset(x.decode() for x in excluded),
                 )
             )
