@@ -177,6 +177,21 @@ class BatchProcessor:
                 delay = min(delay * 2, 10.0)
 
 
+def _record_lag(app: faust.App, events: Sequence[Any]) -> None:
+    """Consumer lag per partition: the broker's high watermark minus our position."""
+    last: dict[Any, int] = {}
+    for e in events:
+        tp = e.message.tp
+        last[tp] = max(last.get(tp, -1), e.message.offset)
+    for tp, offset in last.items():
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:  # not known yet (no fetch response for it): skip
+            continue
+        if highwater is not None:
+            METRICS.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - offset - 1, 0))
+
+
 def create_app(
     settings: Settings,
     roles: Sequence[str],
@@ -240,6 +255,7 @@ def create_app(
                     raise
                 for e in events:
                     await stream.ack(e)
+                _record_lag(app, events)
 
         app.agent(source, name=f"{role}-agent")(agent)
 
@@ -259,6 +275,7 @@ def create_app(
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         body, content_type = METRICS.render()
-        return web.bytes(body, content_type=content_type)
+        # aiohttp takes the charset apart from the media type.
+        return web.text(body.decode(), content_type=content_type.split(";")[0])
 
     return app

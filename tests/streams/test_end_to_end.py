@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from contracts import CatalogChange, DeadLetter, Recommendation, RecommendationRequest, topics
+from contracts import (
+    CODECS,
+    CatalogChange,
+    DeadLetter,
+    Recommendation,
+    RecommendationRequest,
+    topics,
+)
 from streams.kafka import KafkaProducerResource
 from streams.replay import ml100k_events, ml100k_folder, replay
 from tests.offline import recompute
@@ -89,8 +96,6 @@ async def test_every_request_answered_once_with_valid_items(
         users = sorted(expected)
         requests = [RecommendationRequest(f"q-{u}", u, 10, 0) for u in users]
         async with KafkaProducerResource(settings.kafka) as producer:
-            from contracts import CODECS
-
             for r in requests:
                 await producer.send(
                     topics.REQUESTS, CODECS[topics.REQUESTS].encode(r), r.user_id.encode()
@@ -146,9 +151,15 @@ async def test_malformed_events_go_to_dead_letters_with_exact_counts(
         await _wait_for_state(settings, expected)
         health = await worker.get("/healthz")
         assert worker.alive() and health.status_code == 200
+        metrics = (await worker.get("/metrics")).text
     finally:
         assert worker.stop() == 0, worker.tail()
     assert len(dead) == stats.malformed
+    topic = settings.kafka.topic(topics.INTERACTIONS)
+    assert (
+        f'recstream_dead_letters_total{{topic="interactions"}} {float(stats.malformed)}' in metrics
+    )
+    assert 'recstream_consumer_lag{partition="0",topic="' + topic + '"}' in metrics
     assert all(
         isinstance(d, DeadLetter) and d.reason and d.source_topic.endswith("interactions")
         for d in dead
