@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,8 +40,8 @@ class TinyModel:
         return ModelSettings(**values)  # type: ignore[arg-type]
 
     @property
-    def manifest(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads((self.model_dir / "manifest.json").read_text())
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.model_dir / "manifest.json").read_text())
         return data
 
 

@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.train, pytest.mark.slow]
 
 def _warm_runs(tiny: TinyModel, length: int) -> list[list[str]]:
     """Histories of consecutive warm items whose successor is warm too."""
-    cold = set(tiny.manifest["cold_items"])  # type: ignore[arg-type]
-    n = int(tiny.manifest["shapes"]["items"]) - 1  # type: ignore[index]
+    cold = set(tiny.manifest["cold_items"])
+    n = int(tiny.manifest["shapes"]["items"]) - 1
     runs = []
     for start in range(1, n - length):
         ids = [str(i) for i in range(start, start + length + 1)]

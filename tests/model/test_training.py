@@ -25,7 +25,7 @@ def test_model_directory_is_versioned_with_manifest(tiny_model: TinyModel) -> No
     for key in ("version", "created", "data_hash", "training_config", "metrics", "files"):
         assert key in manifest, key
     assert manifest["version"] == "tiny"
-    for name in manifest["files"].values():  # type: ignore[attr-defined]
+    for name in manifest["files"].values():
         assert (tiny_model.model_dir / name).is_file(), name
 
 

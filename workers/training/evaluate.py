@@ -200,8 +200,8 @@ def print_report(report: dict[str, Any]) -> None:
     if fusion:
         print(
             f"A-LLMRec = stage 1 + hybrid head, w_text={fusion['text']}, w_pop={fusion['pop']} "
-            "(chosen on validation); '  no prior' sets w_pop=0 (stage 1 text path only); "
-            "'  prior only' sets w_text=0 (SASRec + popularity prior, no text)"
+            "(chosen on validation). Ablations: 'A-LLMRec -prior' = w_pop 0 (stage-1 text path "
+            "only); 'SASRec +prior' = w_text 0 (popularity prior, no text)"
         )
     for proto, models in report["results"].items():
         print(f"\n[{proto}] {report['protocols'][proto]}")
