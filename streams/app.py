@@ -24,15 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from contracts import CODECS, Event, RecstreamError, topics
+from contracts import CODECS, DecodeError, Event, RecstreamError, topics
 from streams.deadletter import dead_letter
 from streams.kafka import KafkaProducerResource
 from streams.metrics import METRICS
 from workers.pipeline import Output, Pipeline
 from workers.settings import Settings
 
-__all__ = ["ROLES", "ROLE_TOPICS", "Health", "create_app"]
+__all__ = ["ROLES", "ROLE_TOPICS", "BatchProcessor", "Health", "RecstreamApp", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,20 +50,33 @@ ROLES = (*ROLE_TOPICS, "all")
 Handler = Callable[[Sequence[Any]], Awaitable[list[Output]]]
 
 
+# Infrastructure errors that pass: retry the batch (without acking) rather than
+# dead-letter valid input. Anything else that is not a RecstreamError is a bug.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaConnectionError, KafkaTimeoutError)
+
+# Events stamped further in the future than this are refused: one bogus
+# year-3000 timestamp would otherwise pin the trending window or freeze a
+# catalog item (changes older than the stored one are ignored).
+MAX_FUTURE_SKEW_MS = 3600 * 1000
+
+
 @dataclass
 class Health:
-    """Liveness/readiness facts the web endpoints report."""
+    """Liveness/readiness facts, per input topic (agents never mask each other)."""
 
     ready: bool = False
-    last_progress: float = field(default_factory=time.monotonic)
-    in_flight_since: float | None = None
-    retrying: str | None = None
+    in_flight_since: dict[str, float] = field(default_factory=dict)
+    retrying: dict[str, str] = field(default_factory=dict)
 
-    def stalled(self, after_s: float) -> bool:
-        """A batch in hand for longer than ``after_s`` means the consumer is stuck."""
-        return (
-            self.in_flight_since is not None and time.monotonic() - self.in_flight_since > after_s
-        )
+    def stalled(self, after_s: float) -> list[str]:
+        """Topics whose batch has been in hand longer than ``after_s`` without a retry
+        loop to explain it: a stuck consumer (a dependency outage shows in readiness)."""
+        now = time.monotonic()
+        return [
+            topic
+            for topic, since in self.in_flight_since.items()
+            if now - since > after_s and topic not in self.retrying
+        ]
 
 
 class BatchProcessor:
@@ -77,33 +93,44 @@ class BatchProcessor:
             topics.CHAT: pipeline.on_chat,
         }
 
-    async def process(self, topic: str, records: Sequence[Any]) -> None:
-        """Process records (objects with topic/partition/offset/key/value) of one topic."""
-        started = time.perf_counter()
-        self.health.in_flight_since = time.monotonic()
+    def _decode(
+        self, topic: str, records: Sequence[Any]
+    ) -> tuple[list[Event], list[Any], list[Output]]:
+        """(valid events, their records, dead letters for the rest)."""
         codec = CODECS[topic]
+        horizon = int(time.time() * 1000) + MAX_FUTURE_SKEW_MS
         valid: list[Event] = []
+        valid_records: list[Any] = []
         dead: list[Output] = []
         for r in records:
             try:
-                valid.append(codec.decode(r.value))
+                event = codec.decode(r.value)
+                if getattr(event, "ts_ms", 0) > horizon:
+                    raise DecodeError(codec.schema_name, "ts_ms", "timestamp is in the future")
             except RecstreamError as exc:
-                dl = dead_letter(r.topic, r.partition, r.offset, r.key, r.value, exc)
-                dead.append(Output(topics.DEAD_LETTERS, r.key or b"", dl))
-        outputs = await self._run(topic, valid, records)
-        await self._send(outputs + dead)
+                dead.append(_dead(r, exc))
+            else:
+                valid.append(event)
+                valid_records.append(r)
+        return valid, valid_records, dead
+
+    async def process(self, topic: str, records: Sequence[Any]) -> None:
+        """Process records (objects with topic/partition/offset/key/value) of one topic."""
+        started = time.perf_counter()
+        self.health.in_flight_since[topic] = time.monotonic()
+        valid, valid_records, dead = self._decode(topic, records)
+        outputs = await self._run(topic, valid, valid_records)
+        await self._send(topic, outputs + dead)
+        n_dead = len(dead) + sum(o.topic == topics.DEAD_LETTERS for o in outputs)
         METRICS.events_in.labels(topic).inc(len(records))
-        METRICS.dead_letters.labels(topic).inc(
-            len(dead) + sum(o.topic == topics.DEAD_LETTERS for o in outputs)
-        )
+        METRICS.dead_letters.labels(topic).inc(n_dead)
         METRICS.batch_size.labels(topic).observe(len(records))
         for o in outputs:
             METRICS.events_out.labels(o.topic).inc()
             total = getattr(o.event, "timings_ms", {}).get("total")
             if total is not None:
                 METRICS.latency.labels(o.topic).observe(total / 1000)
-        self.health.in_flight_since = None
-        self.health.last_progress = time.monotonic()
+        self.health.in_flight_since.pop(topic, None)
         spans: dict[int, list[int]] = {}
         for r in records:
             span = spans.setdefault(r.partition, [r.offset, r.offset])
@@ -114,8 +141,8 @@ class BatchProcessor:
             ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(spans.items())),
             len(records),
             len(valid),
-            len(dead),
-            len(outputs),
+            n_dead,
+            len(outputs) + len(dead) - n_dead,
             (time.perf_counter() - started) * 1000,
         )
 
@@ -127,54 +154,61 @@ class BatchProcessor:
         while True:
             try:
                 outputs = await handler(valid)
-                self.health.retrying = None
+                self.health.retrying.pop(topic, None)
                 return outputs
             except RecstreamError as exc:
                 if not exc.retriable:
-                    return self._dead_batch(records, exc)
-                self.health.retrying = f"{type(exc).__name__}: {exc}"
-                logger.warning("retriable error on %s, retrying in %.1fs: %s", topic, delay, exc)
+                    return [_dead(r, exc) for r in records]
+                reason = f"{type(exc).__name__}: {exc}"
+            except _TRANSIENT as exc:
+                reason = f"{type(exc).__name__}: {exc}"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not kill the agent: park the batch
                 logger.exception("unexpected error on %s; dead-lettering the batch", topic)
-                return self._dead_batch(records, exc)
+                return [_dead(r, exc) for r in records]
+            self.health.retrying[topic] = reason
+            logger.warning("retriable error on %s, retrying in %.1fs: %s", topic, delay, reason)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
 
-    def _dead_batch(self, records: Sequence[Any], exc: BaseException) -> list[Output]:
-        return [
-            Output(
-                topics.DEAD_LETTERS,
-                r.key or b"",
-                dead_letter(r.topic, r.partition, r.offset, r.key, r.value, exc),
-            )
-            for r in records
+    async def _send(self, topic: str, outputs: list[Output]) -> None:
+        """Send and wait for every ack; retry only the sends that failed, only on
+        Kafka errors (anything else is a bug and must not loop forever)."""
+        settings = self.pipeline.settings.kafka
+        pending = [
+            (settings.topic(o.topic), o.key, CODECS[o.topic].encode(o.event)) for o in outputs
         ]
-
-    async def _send(self, outputs: list[Output]) -> None:
-        if not outputs:
-            return
         delay = 0.1
-        while True:
-            try:
-                producer = self.producer.producer
-                settings = self.pipeline.settings.kafka
-                futures = [
-                    await producer.send(
-                        settings.topic(o.topic), value=CODECS[o.topic].encode(o.event), key=o.key
-                    )
-                    for o in outputs
-                ]
-                await asyncio.gather(*futures)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The idempotent producer dedupes retried sends; consumers dedupe by id.
-                logger.warning("send failed, retrying in %.1fs: %s", delay, exc)
+        while pending:
+            producer = self.producer.producer
+            futures = [await producer.send(t, value=v, key=k) for t, k, v in pending]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [
+                p for p, r in zip(pending, results, strict=True) if isinstance(r, BaseException)
+            ]
+            errors = [r for r in results if isinstance(r, BaseException)]
+            for error in errors:
+                if not isinstance(error, KafkaError):
+                    raise error
+            if failed:
+                self.health.retrying[f"{topic}:send"] = f"{type(errors[0]).__name__}: {errors[0]}"
+                logger.warning(
+                    "%d sends failed, retrying in %.1fs: %s", len(failed), delay, errors[0]
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            else:
+                self.health.retrying.pop(f"{topic}:send", None)
+            pending = failed
+
+
+def _dead(record: Any, exc: BaseException) -> Output:
+    """The dead-letter output of one record (keyed like the record; keyless stays keyless)."""
+    letter = dead_letter(
+        record.topic, record.partition, record.offset, record.key, record.value, exc
+    )
+    return Output(topics.DEAD_LETTERS, record.key, letter)
 
 
 def _record_lag(app: faust.App, events: Sequence[Any]) -> None:
@@ -192,16 +226,37 @@ def _record_lag(app: faust.App, events: Sequence[Any]) -> None:
             METRICS.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - offset - 1, 0))
 
 
+class RecstreamApp(faust.App):
+    """faust's App, closing our resources only after the agents have stopped.
+
+    faust's ``on_before_shutdown`` fires before the agents stop, which would
+    close Redis and the producer under the batch in hand; ``on_shutdown``
+    runs after the children (agents) are stopped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def on_shutdown(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:
+                logger.exception("closing a resource failed")
+        await super().on_shutdown()
+
+
 def create_app(
     settings: Settings,
     roles: Sequence[str],
     processor_factory: Callable[[], Awaitable[BatchProcessor]],
     health: Health,
-) -> faust.App:
+) -> RecstreamApp:
     """A faust app consuming the roles' topics; one consumer group per role set."""
     role_set = sorted(ROLE_TOPICS) if "all" in roles else sorted(set(roles))
     group = f"{settings.stream.group_prefix}-{'-'.join(role_set) if len(role_set) < 4 else 'all'}"
-    app = faust.App(
+    app = RecstreamApp(
         group,
         broker=[f"kafka://{h}" for h in settings.kafka.bootstrap_servers.split(",")],
         value_serializer="raw",
@@ -224,14 +279,17 @@ def create_app(
         store="memory://",
         table_cleanup_interval=3600.0,
     )
-    state: dict[str, BatchProcessor] = {}
+    # Every agent shares one processor (one model, one Redis pool, one producer):
+    # memoise the future, so agents starting together do not each build one.
+    opening: dict[str, asyncio.Future[BatchProcessor]] = {}
     within = settings.stream.batch_within_ms / 1000
 
     async def processor() -> BatchProcessor:
-        if "p" not in state:
-            state["p"] = await processor_factory()
-            health.ready = True
-        return state["p"]
+        if "p" not in opening or (opening["p"].done() and opening["p"].exception()):
+            opening["p"] = asyncio.ensure_future(processor_factory())
+        proc = await asyncio.shield(opening["p"])
+        health.ready = True
+        return proc
 
     for role in role_set:
         contract_topic = ROLE_TOPICS[role]
@@ -262,14 +320,14 @@ def create_app(
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         stalled = health.stalled(settings.stream.stall_after_s)
-        body = {"alive": not stalled, "retrying": health.retrying}
+        body = {"alive": not stalled, "stalled": stalled, "retrying": health.retrying}
         return web.json(body, status=503 if stalled else 200)
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         # Ready = resources open, no retry loop, and partitions assigned (before
         # the group join finishes, a "ready" worker would not consume anything).
-        ok = health.ready and health.retrying is None and bool(app.consumer.assignment())
+        ok = health.ready and not health.retrying and bool(app.consumer.assignment())
         return web.json({"ready": ok, "retrying": health.retrying}, status=200 if ok else 503)
 
     @app.page("/metrics")

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import sys
-from typing import Any
 
 import faust
 
@@ -28,19 +27,19 @@ def run_worker(settings: Settings, roles: list[str], *, loglevel: str = "INFO") 
     stack = contextlib.AsyncExitStack()
 
     async def factory() -> BatchProcessor:
-        await ensure_topics(settings.kafka)
-        scorer = await stack.enter_async_context(open_scorer(settings.model))
-        pipeline = await stack.enter_async_context(Pipeline(settings, scorer))
-        producer = await stack.enter_async_context(KafkaProducerResource(settings.kafka))
+        # Open into a local stack first: if anything fails, what did open is
+        # closed at once (faust restarts the agent, which calls us again).
+        async with contextlib.AsyncExitStack() as opening:
+            await ensure_topics(settings.kafka)
+            scorer = await opening.enter_async_context(open_scorer(settings.model))
+            pipeline = await opening.enter_async_context(Pipeline(settings, scorer))
+            producer = await opening.enter_async_context(KafkaProducerResource(settings.kafka))
+            stack.push_async_callback(opening.pop_all().aclose)
         logger.info("worker ready: roles=%s model=%s", roles, scorer.version)
         return BatchProcessor(pipeline, producer, health)
 
     app = create_app(settings, roles, factory, health)
-
-    async def close_resources(app: Any, **_: Any) -> None:
-        await stack.aclose()
-
-    app.on_before_shutdown.connect(close_resources)  # type: ignore[arg-type]
+    app.closers.append(stack.aclose)
 
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, override_logging=True)
     try:

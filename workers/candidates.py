@@ -89,7 +89,9 @@ class CandidateGenerator:
             return self._popular.popular
         return self._fallback() if self._fallback else []
 
-    def for_user(self, state: UserState, *, recent: int = 5) -> list[tuple[str, str]]:
+    def for_user(
+        self, state: UserState, *, recent: int = 5, similar: bool = True
+    ) -> list[tuple[str, str]]:
         blocked = set(state.excluded) | self._catalog.deleted
         out: dict[str, str] = {}
 
@@ -100,7 +102,7 @@ class CandidateGenerator:
                 if item not in blocked and item not in out:
                     out[item] = source
 
-        if self._similar is not None and state.history:
+        if similar and self._similar is not None and state.history:
             # ~60% of the budget to neighbours: they carry the model's signal.
             budget = int(self._max * 0.6)
             neighbours = self._similar.similar(list(state.history[:recent]), budget, blocked)

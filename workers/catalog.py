@@ -16,6 +16,7 @@ text path) and appends them to its tables.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from contracts import CatalogChange
-from workers.errors import StateStoreError
-from workers.resources import RedisResource
+from workers.resources import RedisResource, RedisScript, state_store_error
 
 __all__ = ["CatalogStore", "CatalogView", "ItemRecord", "item_text"]
 
@@ -41,6 +41,10 @@ _APPLY_LUA = """
 local ts = tonumber(ARGV[1])
 local stored = tonumber(redis.call('HGET', KEYS[1], 'ts') or '-1')
 if ts < stored then return 0 end
+-- On a tie a delete wins: replaying an upsert never resurrects a deleted item.
+if ts == stored and ARGV[2] == 'upsert' and redis.call('HGET', KEYS[1], 'deleted') == '1' then
+  return 0
+end
 if ARGV[2] == 'delete' then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 1)
@@ -96,7 +100,7 @@ class CatalogStore:
 
     def __init__(self, redis: RedisResource) -> None:
         self._redis = redis
-        self._script = redis.client.register_script(_APPLY_LUA)
+        self._script = RedisScript(redis, _APPLY_LUA)
 
     def item_key(self, item_id: str) -> str:
         return self._redis.key("item", "{" + item_id + "}")
@@ -118,26 +122,25 @@ class CatalogStore:
         if not changes:
             return 0
         keys_common = [self.seq_key, self.log_key, self.fresh_key]
+        calls: list[tuple[list[str], list[str | int]]] = [
+            (
+                [self.item_key(change.item_id), *keys_common],
+                [
+                    change.ts_ms,
+                    change.op,
+                    change.title or "",
+                    change.description or "",
+                    orjson.dumps(change.to_dict()["attributes"] or {}).decode(),
+                    change.item_id,
+                ],
+            )
+            for change in changes
+        ]
         try:
-            async with self._redis.client.pipeline(transaction=False) as pipe:
-                for change in changes:
-                    attrs = change.to_dict()["attributes"] or {}
-                    await self._script(
-                        keys=[self.item_key(change.item_id), *keys_common],
-                        args=[
-                            change.ts_ms,
-                            change.op,
-                            change.title or "",
-                            change.description or "",
-                            orjson.dumps(attrs),
-                            change.item_id,
-                        ],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
-                await self._redis.client.zremrangebyrank(self.log_key, 0, -_LOG_MAX - 1)
+            replies = await self._script.run_many(calls)
+            await self._redis.client.zremrangebyrank(self.log_key, 0, -_LOG_MAX - 1)
         except RedisError as exc:
-            raise StateStoreError(f"catalog update failed: {exc}") from exc
+            raise state_store_error("catalog update failed", exc) from exc
         return sum(1 for r in replies if int(r) > 0)
 
     async def seq(self) -> int:
@@ -194,6 +197,7 @@ class CatalogView:
         self._store = store
         self._on_items = on_items
         self._seq = 0
+        self._lock = asyncio.Lock()
         self.items: dict[str, ItemRecord] = {}
         self.deleted: set[str] = set()
 
@@ -205,25 +209,30 @@ class CatalogView:
         return item_id not in self.deleted
 
     async def refresh(self) -> int:
-        """Load what changed since the last refresh; return how many items changed."""
-        seq = await self._store.seq()
-        if seq == self._seq:
-            return 0
-        changed = await self._store.changed_since(self._seq) if self._seq else None
-        if changed is None:  # first load: everything in the log
-            changed = await self._store.changed_since(0)
-        records = await self._store.load(changed)
-        live = []
-        for record in records:
-            self.items[record.item_id] = record
-            if record.deleted:
-                self.deleted.add(record.item_id)
-            else:
-                self.deleted.discard(record.item_id)
-                live.append(record)
-        if live and self._on_items is not None:
-            await self._on_items(live)
-        self._seq = seq
+        """Load what changed since the last refresh; return how many items changed.
+
+        Serialised: the poll task and the catalog handler both refresh, and an
+        older load applied after a newer one could un-delete an item.
+        """
+        async with self._lock:
+            try:
+                seq = await self._store.seq()
+                if seq == self._seq:
+                    return 0
+                records = await self._store.load(await self._store.changed_since(self._seq))
+            except RedisError as exc:
+                raise state_store_error("catalog refresh failed", exc) from exc
+            live = []
+            for record in records:
+                self.items[record.item_id] = record
+                if record.deleted:
+                    self.deleted.add(record.item_id)
+                else:
+                    self.deleted.discard(record.item_id)
+                    live.append(record)
+            if live and self._on_items is not None:
+                await self._on_items(live)
+            self._seq = seq
         if records:
             logger.info("catalog view: %d items changed (seq %d)", len(records), seq)
         return len(records)

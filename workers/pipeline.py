@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from contracts import (
     CatalogChange,
@@ -37,13 +38,25 @@ from contracts import (
 )
 from workers.candidates import CandidateGenerator, PopularItems
 from workers.catalog import CatalogStore, CatalogView, ItemRecord
-from workers.resources import RedisResource, Resource
+from workers.resources import RedisResource, RedisScript, Resource, state_store_error
 from workers.settings import Settings
 from workers.state import UserState, UserStateStore
 
 __all__ = ["Output", "Pipeline", "Scorer"]
 
 logger = logging.getLogger(__name__)
+
+# One window per user; the cause holding it may pass again (a redelivery);
+# an event applied before (ARGV[3] == '0') never opens a new window.
+_DEBOUNCE_LUA = """
+local held = redis.call('GET', KEYS[1])
+if not held and ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then return 1 end
+return 0
+"""
 
 
 class Scorer(Protocol):
@@ -63,6 +76,8 @@ class Scorer(Protocol):
     async def add_items(self, item_ids: Sequence[str], texts: Sequence[str]) -> None: ...
 
     def popular(self) -> list[str]: ...
+
+    def is_new(self, item_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,7 @@ class Pipeline(Resource):
         self.user_state = UserStateStore(
             self.redis, exclude_kinds=self.settings.stream.exclude_kinds
         )
+        self._debounce_script = RedisScript(self.redis, _DEBOUNCE_LUA)
         self.catalog_store = CatalogStore(self.redis)
         self.catalog = CatalogView(self.catalog_store, on_items=self._add_items)
         self.popular = PopularItems(self.redis, self.catalog_store)
@@ -148,11 +164,17 @@ class Pipeline(Resource):
     # ------------------------------------------------------------ handlers
 
     async def on_interactions(self, events: Sequence[Interaction]) -> list[Output]:
-        """Apply state; recommend for users whose new events trigger the policy."""
+        """Apply state; recommend for users whose events trigger the policy.
+
+        An event applied for the first time may open a user's debounce window;
+        a redelivered one (already applied) passes only if its cause holds the
+        window, i.e. the earlier delivery died between the state write and the
+        send. So a replay emits no new lists, and a crash loses none (but for
+        a crash between the state script and the debounce write, one round
+        trip apart).
+        """
         started = time.perf_counter()
-        result = await self.user_state.apply(events)
-        if result.applied == 0:
-            return []
+        applied = {e.event_id for e in await self.user_state.apply(events)}
         stream = self.settings.stream
         triggers: dict[str, Interaction] = {}
         for e in events:
@@ -160,21 +182,30 @@ class Pipeline(Resource):
                 triggers[e.user_id] = e  # the user's latest triggering event wins
         if not triggers:
             return []
-        # Debounce per user in Redis, so replicas and restarts agree; an event
-        # already applied before (a replay) was filtered out by ``apply`` above.
-        allowed = await self._debounce(list(triggers))
+        allowed = await self._debounce(triggers, applied)
         asks = [_Ask(u, Cause("interaction", triggers[u].event_id), 10, started) for u in allowed]
         return await self._recommend(asks)
 
-    async def _debounce(self, user_ids: list[str]) -> list[str]:
+    async def _debounce(self, triggers: dict[str, Interaction], applied: set[str]) -> list[str]:
+        """Users whose trigger may produce a list: at most one cause per user per
+        window (kept in Redis, so replicas and restarts agree); the cause that
+        holds the window passes again on redelivery."""
         ms = self.settings.stream.debounce_ms
         if ms <= 0:
-            return user_ids
-        async with self.redis.client.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.set(self.redis.key("u", "{" + user_id + "}", "deb"), 1, nx=True, px=ms)
-            replies = await pipe.execute()
-        return [u for u, ok in zip(user_ids, replies, strict=True) if ok]
+            return list(triggers)
+        try:
+            replies = await self._debounce_script.run_many(
+                [
+                    (
+                        [self.redis.key("u", "{" + user + "}", "deb")],
+                        [e.event_id, ms, 1 if e.event_id in applied else 0],
+                    )
+                    for user, e in triggers.items()
+                ]
+            )
+        except RedisError as exc:
+            raise state_store_error("debounce failed", exc) from exc
+        return [u for u, ok in zip(triggers, replies, strict=True) if ok]
 
     async def on_requests(self, requests: Sequence[RecommendationRequest]) -> list[Output]:
         started = time.perf_counter()
@@ -241,12 +272,12 @@ class Pipeline(Resource):
         t = time.perf_counter()
         for n, (ask, state) in enumerate(zip(asks, states, strict=True)):
             ask.state = state
-            cands = self.candidates.for_user(state)
             if state.interactions < self.settings.stream.cold_threshold or not state.history:
+                cands = self.candidates.for_user(state, similar=False)
                 results[n] = (self._popular_list(cands, ask.k), "popular")
             else:
                 model_asks.append(ask)
-                candidate_lists.append(cands)
+                candidate_lists.append(self.candidates.for_user(state))
         cand_ms = _ms(t)
         t = time.perf_counter()
         if model_asks:
@@ -256,12 +287,7 @@ class Pipeline(Resource):
             )
             index = {id(a): n for n, a in enumerate(asks)}
             for ask, cands, s in zip(model_asks, candidate_lists, scores, strict=True):
-                order = np.argsort(-np.asarray(s), kind="stable")[: ask.k]
-                ranked = [
-                    RankedItem(cands[j][0], round(float(s[j]), 6), r + 1, cands[j][1])
-                    for r, j in enumerate(order)
-                ]
-                results[index[id(ask)]] = (ranked, "model")
+                results[index[id(ask)]] = (self._rank(cands, np.asarray(s), ask.k), "model")
         score_ms = _ms(t)
         now = int(time.time() * 1000)
         out = []
@@ -285,6 +311,31 @@ class Pipeline(Resource):
             )
             out.append(Output(topics.RECOMMENDATIONS, ask.user_id.encode(), rec))
         return out
+
+    def _rank(self, cands: list[tuple[str, str]], scores: np.ndarray, k: int) -> list[RankedItem]:
+        """Top k by score, with one slot for a new item close to the user's history.
+
+        Items known only from their text score below trained items (they have
+        no collaborative signal and no popularity prior), so without a slot a
+        new item would never surface. The slot goes to the best-scoring new
+        item among the user's joint-space neighbours, if it is not already in.
+        """
+        order = [int(j) for j in np.argsort(-scores, kind="stable")]
+        top = order[:k]
+        slot = self.settings.stream.new_item_slot
+        if 0 < slot <= k:
+            new = [j for j in order if cands[j][1] == "similar" and self.scorer.is_new(cands[j][0])]
+            if new and new[0] not in top:
+                top = [*top[: slot - 1], new[0], *top[slot - 1 : k - 1]]
+        return [
+            RankedItem(
+                cands[j][0],
+                round(float(scores[j]), 6),
+                r + 1,
+                "new" if self.scorer.is_new(cands[j][0]) else cands[j][1],
+            )
+            for r, j in enumerate(top)
+        ]
 
     def _popular_list(self, cands: list[tuple[str, str]], k: int) -> list[RankedItem]:
         """Cold users: popular first, then fresh (the LLM cold-start hook goes here)."""

@@ -14,11 +14,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from workers.errors import ResourceClosedError, StateStoreError
 from workers.settings import RedisSettings
 
-__all__ = ["RedisResource", "Resource", "ResourceState"]
+__all__ = ["RedisResource", "RedisScript", "Resource", "ResourceState", "state_store_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +117,51 @@ class RedisResource(Resource):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+# Server replies that pass with time (a busy script, a loading replica, a
+# cluster resharding, memory freed); every other error reply is a bug or a
+# misconfiguration that retrying cannot fix.
+_TRANSIENT_REPLIES = ("BUSY", "LOADING", "TRYAGAIN", "OOM", "MASTERDOWN", "CLUSTERDOWN")
+
+
+def state_store_error(what: str, exc: RedisError) -> StateStoreError:
+    """A StateStoreError for ``exc``: retriable for connection trouble and the
+    transient server replies, not for WRONGTYPE, script errors and the like."""
+    error = StateStoreError(f"{what}: {exc}")
+    if isinstance(exc, ResponseError) and not str(exc).startswith(_TRANSIENT_REPLIES):
+        error.retriable = False
+    return error
+
+
+class RedisScript:
+    """A Lua script run by SHA inside pipelines.
+
+    redis-py's registered scripts send SCRIPT EXISTS before every pipeline that
+    uses them (an extra round trip per micro-batch); this loads the script once
+    and reloads it only when the server answers NOSCRIPT (after a restart).
+    """
+
+    def __init__(self, redis: RedisResource, source: str) -> None:
+        self._redis = redis
+        self._source = source
+        self._sha: str | None = None
+
+    async def _load(self) -> str:
+        self._sha = str(await self._redis.client.script_load(self._source))
+        return self._sha
+
+    async def run_many(self, calls: list[tuple[list[str], list[str | int]]]) -> list[Any]:
+        """Run the script once per (keys, args) in one non-transactional pipeline."""
+        sha = self._sha or await self._load()
+        for attempt in (1, 2):
+            try:
+                async with self._redis.client.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(sha, len(keys), *keys, *args)
+                    return list(await pipe.execute())
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                sha = await self._load()
+        raise AssertionError("unreachable")  # pragma: no cover

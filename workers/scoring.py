@@ -32,6 +32,8 @@ class ModelScorer:
 
     def __init__(self, scorer: Scorer) -> None:
         self._scorer = scorer
+        # Rows past the trained ones were added at run time from text alone.
+        self._trained_rows = scorer.n_items
         self._unit: npt.NDArray[np.float32] | None = None
         self._unit_rows = 0
 
@@ -96,6 +98,10 @@ class ModelScorer:
         if new:
             await self._scorer.add_items([i for i, _ in new], [t for _, t in new])
             logger.info("model: %d new items added from text", len(new))
+
+    def is_new(self, item_id: str) -> bool:
+        """True for items the model knows from their text only (added at run time)."""
+        return self._scorer.row(item_id) > self._trained_rows
 
     def popular(self) -> list[str]:
         """Fallback popularity before any live counts exist: none is shipped, so empty."""

@@ -177,6 +177,9 @@ class StreamSettings:
     trigger_kinds: frozenset[str] = frozenset({"purchase", "add_to_cart", "rating"})
     debounce_ms: int = 30_000
     exclude_kinds: frozenset[str] = frozenset(_KINDS)
+    # Rank given to the best new (text-only) item among a user's joint-space
+    # neighbours when the model alone would not list it; 0 turns the slot off.
+    new_item_slot: int = 3
     catalog_poll_ms: int = 1000
     web_port: int = 6066
     # A consumer that has had records waiting this long without progress is stalled.
@@ -193,6 +196,7 @@ class StreamSettings:
             trigger_kinds=_kinds(env, "TRIGGER_KINDS", cls.trigger_kinds),
             debounce_ms=env_int(env, "DEBOUNCE_MS", cls.debounce_ms, minimum=0),
             exclude_kinds=_kinds(env, "EXCLUDE_KINDS", cls.exclude_kinds),
+            new_item_slot=env_int(env, "NEW_ITEM_SLOT", cls.new_item_slot, minimum=0),
             catalog_poll_ms=env_int(env, "CATALOG_POLL_MS", cls.catalog_poll_ms, minimum=50),
             web_port=env_int(env, "WEB_PORT", cls.web_port, minimum=0),
             stall_after_s=env_float(env, "STALL_AFTER_S", cls.stall_after_s),

@@ -24,22 +24,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from contracts import Interaction
 from workers import constants as c
-from workers.errors import StateStoreError
-from workers.resources import RedisResource
+from workers.resources import RedisResource, RedisScript, state_store_error
 
 __all__ = ["ApplyResult", "UserState", "UserStateStore"]
 
 logger = logging.getLogger(__name__)
 
 # KEYS: hist, counters, item weights, dedupe, excluded
-# ARGV: now_ms, dedupe_ttl_ms, dedupe_max, history_max, then 8 per event: event_id,
+# ARGV: now_ms, dedupe_ttl_ms, dedupe_max, history_max, then 7 per event: event_id,
 #       item_id, kind, ts_ms, weight, in_history, excluded ("1"/"0")
 _APPLY_LUA = """
 local now = tonumber(ARGV[1])
@@ -82,11 +81,19 @@ return applied
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What a batch did: events applied for the first time, and duplicates skipped."""
+    """What a batch did: the events applied for the first time, and how many were
+    duplicates (already applied, or repeated within the batch)."""
 
-    applied: int
+    applied_events: tuple[Interaction, ...]
     duplicates: int
     users: int
+
+    @property
+    def applied(self) -> int:
+        return len(self.applied_events)
+
+    def __iter__(self) -> Iterator[Interaction]:
+        return iter(self.applied_events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,7 @@ class UserStateStore:
         self._redis = redis
         self._history_max = history_max
         self._exclude_kinds = exclude_kinds
-        self._script = redis.client.register_script(_APPLY_LUA)
+        self._script = RedisScript(redis, _APPLY_LUA)
 
     def _keys(self, user_id: str) -> list[str]:
         tag = "{" + user_id + "}"
@@ -152,36 +159,43 @@ class UserStateStore:
     ) -> ApplyResult:
         """Apply a micro-batch atomically per user; return counts. Raises StateStoreError."""
         if not events:
-            return ApplyResult(0, 0, 0)
+            return ApplyResult((), 0, 0)
         now = int(time.time() * 1000) if now_ms is None else now_ms
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in events:
             by_user[event.user_id].append(event)
-        head = [now, c.DEDUPE_TTL_MS, c.DEDUPE_MAX_PER_USER, self._history_max]
-        client = self._redis.client
+        head: list[str | int] = [now, c.DEDUPE_TTL_MS, c.DEDUPE_MAX_PER_USER, self._history_max]
+        calls = []
+        for user_id, user_events in by_user.items():
+            args = list(head)
+            for e in user_events:
+                args += [
+                    e.event_id,
+                    e.item_id,
+                    e.kind,
+                    e.ts_ms,
+                    event_weight(e),
+                    "1" if e.kind in c.HISTORY_KINDS else "0",
+                    "1" if e.kind in self._exclude_kinds else "0",
+                ]
+            calls.append((self._keys(user_id), args))
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for user_id, user_events in by_user.items():
-                    args: list[str | int] = list(head)
-                    for e in user_events:
-                        args += [
-                            e.event_id,
-                            e.item_id,
-                            e.kind,
-                            e.ts_ms,
-                            event_weight(e),
-                            "1" if e.kind in c.HISTORY_KINDS else "0",
-                            "1" if e.kind in self._exclude_kinds else "0",
-                        ]
-                    await self._script(keys=self._keys(user_id), args=args, client=pipe)
-                replies = await pipe.execute()
-            applied_ids = {eid for reply in replies for eid in reply}
-            applied = [e for e in events if e.event_id.encode() in applied_ids]
+            replies = await self._script.run_many(calls)
+            # Per user, and each applied id once: the same event twice in one
+            # batch (a producer retry) is applied, and counted, once.
+            applied: list[Interaction] = []
+            for user_events, reply in zip(by_user.values(), replies, strict=True):
+                fresh = set(reply)
+                for e in user_events:
+                    key = e.event_id.encode()
+                    if key in fresh:
+                        fresh.discard(key)
+                        applied.append(e)
             if applied:
                 await self._count_popularity(applied)
         except RedisError as exc:
-            raise StateStoreError(f"state update failed: {exc}") from exc
-        return ApplyResult(len(applied), len(events) - len(applied), len(by_user))
+            raise state_store_error("state update failed", exc) from exc
+        return ApplyResult(tuple(applied), len(events) - len(applied), len(by_user))
 
     async def _count_popularity(self, applied: Sequence[Interaction]) -> None:
         counts: dict[tuple[int, str], int] = defaultdict(int)
@@ -223,7 +237,7 @@ class UserStateStore:
                     pipe.zrange(excluded, 0, -1)
                 replies = await pipe.execute()
         except RedisError as exc:
-            raise StateStoreError(f"state read failed: {exc}") from exc
+            raise state_store_error("state read failed", exc) from exc
         per_user = 4 if weights else 3
         out = []
         for n, user_id in enumerate(user_ids):

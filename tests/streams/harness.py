@@ -118,8 +118,10 @@ async def collect(
     *,
     until: Any,
     timeout: float = 120.0,
+    quiet_s: float = 0.0,
 ) -> list[Any]:
-    """Decode every event of an output topic from the start until ``until(events)`` is true."""
+    """Decode every event of an output topic from the start until ``until(events)`` is
+    true (and, with ``quiet_s``, no event arrived for that long)."""
     consumer = AIOKafkaConsumer(
         settings.kafka.topic(topic),
         bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -130,11 +132,14 @@ async def collect(
     await consumer.start()
     events: list[Any] = []
     deadline = time.monotonic() + timeout
+    last = time.monotonic()
     try:
-        while not until(events):
+        while not (until(events) and time.monotonic() - last >= quiet_s):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out on {topic} with {len(events)} events")
-            for records in (await consumer.getmany(timeout_ms=500)).values():
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                if records:
+                    last = time.monotonic()
                 events += [CODECS[topic].decode(r.value) for r in records]
     finally:
         await consumer.stop()
