@@ -348,7 +348,7 @@ async def naive_requests(settings: Settings, users: list[str], n: int) -> float:
     """Per request: separate Redis reads, candidates, one model call with B=1."""
     rng = np.random.default_rng(2)
     async with open_scorer(settings.model) as scorer, RedisResource(settings.redis) as redis:
-        items = [scorer._scorer.raw_id(i) for i in range(1, scorer._scorer.n_items + 1)]  # noqa: SLF001
+        items = scorer.known_items()
         started = time.perf_counter()
         for _ in range(n):
             u = str(rng.choice(users))
@@ -376,7 +376,8 @@ def main() -> int:
     a = asyncio.run(bench_state(args.events))
     print("\n(a) interaction state updates, Kafka -> Redis")
     print(
-        f"    recstream worker:        {a['recstream_eps']:>10,.0f} events/s ({a['events']:,} events)"
+        f"    recstream worker:        {a['recstream_eps']:>10,.0f} events/s "
+        f"({a['events']:,} events)"
     )
     print(
         f"    raw aiokafka consume:    {a['raw_consume_eps']:>10,.0f} events/s "

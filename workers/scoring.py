@@ -99,6 +99,10 @@ class ModelScorer:
             await self._scorer.add_items([i for i, _ in new], [t for _, t in new])
             logger.info("model: %d new items added from text", len(new))
 
+    def known_items(self) -> list[str]:
+        """Every item id the model can score, in table order."""
+        return [self._scorer.raw_id(row) for row in range(1, self._scorer.n_items + 1)]
+
     def is_new(self, item_id: str) -> bool:
         """True for items the model knows from their text only (added at run time)."""
         return self._scorer.row(item_id) > self._trained_rows
