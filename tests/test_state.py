@@ -69,7 +69,7 @@ async def test_replays_change_nothing(settings: Settings, redis_client: aioredis
         once = await _state(store, users)
         pop_once = {
             k: await redis_client.zrange(k, 0, -1, withscores=True)
-            for k in await redis_client.keys("*:pop:[0-9]*")
+            for k in await redis_client.keys("*:{pop}:[0-9]*")
         }
         # Replay 2-5 times, concurrently, in shuffled micro-batches.
         rng = random.Random(3)
@@ -83,7 +83,7 @@ async def test_replays_change_nothing(settings: Settings, redis_client: aioredis
         assert await _state(store, users) == once
         pop_again = {
             k: await redis_client.zrange(k, 0, -1, withscores=True)
-            for k in await redis_client.keys("*:pop:[0-9]*")
+            for k in await redis_client.keys("*:{pop}:[0-9]*")
         }
         assert pop_again == pop_once
 

@@ -48,14 +48,14 @@ class PopularItems:
 
     async def refresh(self) -> None:
         client = self._redis.client
-        raw = await client.get(self._redis.key("pop", "watermark"))
+        raw = await client.get(self._redis.key("{pop}", "watermark"))
         if raw is not None:
             newest = int(raw) // c.POPULARITY_BUCKET_MS
             buckets = range(newest - c.POPULARITY_WINDOW_BUCKETS + 1, newest + 1)
             async with client.pipeline(transaction=False) as pipe:
                 for bucket in buckets:
                     pipe.zrevrange(
-                        self._redis.key("pop", bucket), 0, self._size - 1, withscores=True
+                        self._redis.key("{pop}", bucket), 0, self._size - 1, withscores=True
                     )
                 replies = await pipe.execute()
             totals: dict[str, float] = defaultdict(float)

@@ -79,6 +79,22 @@ return applied
 """
 
 
+# KEYS: watermark, bucket zsets. ARGV: latest event ts, bucket ttl, then
+# (KEYS index, item, count) per item and bucket.
+_POPULARITY_LUA = """
+local ttl = tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  redis.call('ZINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 2], ARGV[i + 1])
+end
+for k = 2, #KEYS do redis.call('EXPIRE', KEYS[k], ttl, 'NX') end
+-- The event-time watermark: "trending" is relative to the data, so a replay
+-- of old events still has a meaningful window.
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What a batch did: the events applied for the first time, and how many were
@@ -143,13 +159,16 @@ class UserStateStore:
         self._history_max = history_max
         self._exclude_kinds = exclude_kinds
         self._script = RedisScript(redis, _APPLY_LUA)
+        self._popularity_script = RedisScript(redis, _POPULARITY_LUA)
 
     def _keys(self, user_id: str) -> list[str]:
         tag = "{" + user_id + "}"
         return [self._redis.key("u", tag, s) for s in ("h", "c", "w", "d", "x")]
 
-    def pop_key(self, bucket: int) -> str:
-        return self._redis.key("pop", bucket)
+    def pop_key(self, bucket: int | str) -> str:
+        # One hash tag for all popularity keys: the batch script touches several
+        # buckets and the watermark, which in Redis Cluster must share a slot.
+        return self._redis.key("{pop}", bucket)
 
     async def apply(
         self,
@@ -204,21 +223,14 @@ class UserStateStore:
             if e.kind in c.HISTORY_KINDS:
                 counts[(e.ts_ms // c.POPULARITY_BUCKET_MS, e.item_id)] += 1
             latest = max(latest, e.ts_ms)
-        async with self._redis.client.pipeline(transaction=False) as pipe:
-            for (bucket, item), n in counts.items():
-                pipe.zincrby(self.pop_key(bucket), n, item)
-            for bucket in {b for b, _ in counts}:
-                pipe.expire(self.pop_key(bucket), c.POPULARITY_BUCKET_TTL_S, nx=True)
-            # The event-time watermark: "trending" is relative to the data, so a
-            # replay of old events still has a meaningful window.
-            pipe.eval(
-                "local v = tonumber(redis.call('GET', KEYS[1]) or '0') "
-                "if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end",
-                1,
-                self._redis.key("pop", "watermark"),
-                latest,
-            )
-            await pipe.execute()
+        buckets = sorted({b for b, _ in counts})
+        slot = {b: n for n, b in enumerate(buckets)}
+        args: list[str | int] = [latest, c.POPULARITY_BUCKET_TTL_S]
+        for (bucket, item), n in counts.items():
+            args += [slot[bucket] + 2, item, n]  # KEYS index of the bucket (1 is the watermark)
+        keys = [self.pop_key("watermark"), *(self.pop_key(b) for b in buckets)]
+        # One script call per batch instead of one ZINCRBY per item and bucket.
+        await self._popularity_script.run_many([(keys, args)])
 
     async def load(
         self, user_ids: Sequence[str], *, history: int = 50, weights: bool = True
