@@ -210,6 +210,10 @@ def main(argv: list[str]) -> int:
     )
 
     _step("infrastructure (Kafka KRaft + Redis, loopback)")
+    # Tear down at the end only what this run started: a developer's running
+    # Kafka and Redis stay up.
+    status = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, check=False)
+    was_up = status.returncode == 0
     subprocess.run(["bash", str(SCRIPT), "up"], check=True)
     procs: list[tuple[str, int, subprocess.Popen[bytes]]] = []
     try:
@@ -273,6 +277,6 @@ def main(argv: list[str]) -> int:
     finally:
         _step("teardown")
         _stop(procs)
-        if not args.keep:
+        if not args.keep and not was_up:
             subprocess.run(["bash", str(SCRIPT), "down"], check=False)
     return 0

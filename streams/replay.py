@@ -3,7 +3,7 @@
 Order: the catalog first (every movie as an upsert with title, year and
 genres), then the ratings in time order as ``rating`` interactions, with a
 recommendation request for the rating's user after every ``--request-every``
-ratings. Ids are deterministic (``ml-<user>-<item>``, ``req-<n>``), so a
+ratings. Ids are deterministic (``ml-<user>-<item>``, ``req-<user>-<item>``), so a
 second replay is a duplicate delivery, not new data. ``--malformed`` mixes in
 invalid payloads (for the dead-letter path).
 """
@@ -115,7 +115,7 @@ def ml100k_events(
                 Interaction(f"ml-{user}-{item}", user, item, "rating", ts_ms, rating=rating),
             )
             if request_every and n % request_every == 0:
-                yield topics.REQUESTS, RecommendationRequest(f"req-{n}", user, k, ts_ms)
+                yield topics.REQUESTS, RecommendationRequest(f"req-{user}-{item}", user, k, ts_ms)
 
     return catalog, stream()
 

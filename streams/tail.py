@@ -68,7 +68,8 @@ async def _tail(
     shown = 0
     try:
         while limit == 0 or shown < limit:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            # Following forever (idle 0): still wait a second per fetch, never spin.
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000) or 1000)
             if not batch and idle_s > 0:
                 break
             for records in batch.values():

@@ -205,9 +205,6 @@ class CatalogView:
         record = self.items.get(item_id)
         return record.tokens if record else ()
 
-    def is_recommendable(self, item_id: str) -> bool:
-        return item_id not in self.deleted
-
     async def refresh(self) -> int:
         """Load what changed since the last refresh; return how many items changed.
 

@@ -213,13 +213,10 @@ class Pipeline(Resource):
         return await self._recommend(asks)
 
     async def on_catalog(self, changes: Sequence[CatalogChange]) -> list[Output]:
-        applied = await self.state_catalog_apply(changes)
+        applied = await self.catalog_store.apply(changes)
         logger.debug("catalog: %d of %d changes applied", applied, len(changes))
         await self.catalog.refresh()
         return []
-
-    async def state_catalog_apply(self, changes: Sequence[CatalogChange]) -> int:
-        return await self.catalog_store.apply(changes)
 
     async def on_chat(self, messages: Sequence[ChatMessage]) -> list[Output]:
         """Model-only chat replies (the LLM conversation path plugs in here)."""
