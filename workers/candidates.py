@@ -31,9 +31,12 @@ logger = logging.getLogger(__name__)
 class SimilarItems(Protocol):
     """What candidate generation needs of the model: neighbours in the joint space."""
 
-    def similar(
-        self, item_ids: Sequence[str], k: int, exclude: Collection[str] = ()
-    ) -> list[str]: ...
+    def similar_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        k: int,
+        excludes: Sequence[Collection[str]],
+    ) -> list[list[str]]: ...
 
 
 class PopularItems:
@@ -92,25 +95,43 @@ class CandidateGenerator:
     def for_user(
         self, state: UserState, *, recent: int = 5, similar: bool = True
     ) -> list[tuple[str, str]]:
-        blocked = set(state.excluded) | self._catalog.deleted
-        out: dict[str, str] = {}
+        return self.for_users([state], recent=recent, similar=similar)[0]
 
-        def take(items: Sequence[str], source: str, limit: int) -> None:
-            for item in items:
-                if len(out) >= limit:
-                    return
-                if item not in blocked and item not in out:
-                    out[item] = source
-
-        if similar and self._similar is not None and state.history:
-            # ~60% of the budget to neighbours: they carry the model's signal.
-            budget = int(self._max * 0.6)
-            neighbours = self._similar.similar(list(state.history[:recent]), budget, blocked)
-            take(neighbours, "similar", budget)
-        take(self.popular_items(), "popular", self._max - 10)
-        take(self._popular.fresh, "fresh", self._max)
-        take(self.popular_items(), "popular", self._max)
-        return list(out.items())
+    def for_users(
+        self, states: Sequence[UserState], *, recent: int = 5, similar: bool = True
+    ) -> list[list[tuple[str, str]]]:
+        """Candidates for several users; neighbours for all of them in one matrix product."""
+        deleted = self._catalog.deleted
+        # ~60% of the budget to neighbours: they carry the model's signal.
+        budget = int(self._max * 0.6)
+        neighbours: list[list[str]] = [[] for _ in states]
+        if similar and self._similar is not None:
+            wanted = [n for n, s in enumerate(states) if s.history]
+            found = self._similar.similar_many(
+                [list(states[n].history[:recent]) for n in wanted],
+                budget,
+                [states[n].excluded for n in wanted],
+            )
+            for n, items in zip(wanted, found, strict=True):
+                neighbours[n] = items
+        popular = self.popular_items()
+        fresh = self._popular.fresh
+        out = []
+        for state, near in zip(states, neighbours, strict=True):
+            picked: dict[str, str] = {}
+            for items, source, limit in (
+                (near, "similar", budget),
+                (popular, "popular", self._max - 10),
+                (fresh, "fresh", self._max),
+                (popular, "popular", self._max),
+            ):
+                for item in items:
+                    if len(picked) >= limit:
+                        break
+                    if item not in state.excluded and item not in deleted and item not in picked:
+                        picked[item] = source
+            out.append(list(picked.items()))
+        return out
 
     async def run_refresh(self, interval_s: float, stop: asyncio.Event) -> None:
         """Refresh popular/fresh every ``interval_s`` until ``stop`` is set."""

@@ -65,9 +65,12 @@ class Scorer(Protocol):
     @property
     def version(self) -> str: ...
 
-    def similar(
-        self, item_ids: Sequence[str], k: int, exclude: Collection[str] = ()
-    ) -> list[str]: ...
+    def similar_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        k: int,
+        excludes: Sequence[Collection[str]],
+    ) -> list[list[str]]: ...
 
     async def score(
         self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
@@ -78,6 +81,9 @@ class Scorer(Protocol):
     def popular(self) -> list[str]: ...
 
     def is_new(self, item_id: str) -> bool: ...
+
+    @property
+    def has_new_items(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,17 +270,17 @@ class Pipeline(Resource):
         states = await self.user_state.load([a.user_id for a in asks], weights=False)
         state_ms = _ms(t)
         model_asks: list[_Ask] = []
-        candidate_lists: list[list[tuple[str, str]]] = []
         results: dict[int, tuple[list[RankedItem], Strategy]] = {}
         t = time.perf_counter()
+        cold_at = self.settings.stream.cold_threshold
         for n, (ask, state) in enumerate(zip(asks, states, strict=True)):
             ask.state = state
-            if state.interactions < self.settings.stream.cold_threshold or not state.history:
+            if state.interactions < cold_at or not state.history:
                 cands = self.candidates.for_user(state, similar=False)
                 results[n] = (self._popular_list(cands, ask.k), "popular")
             else:
                 model_asks.append(ask)
-                candidate_lists.append(self.candidates.for_user(state))
+        candidate_lists = self.candidates.for_users([a.state for a in model_asks if a.state])
         cand_ms = _ms(t)
         t = time.perf_counter()
         if model_asks:
@@ -317,19 +323,20 @@ class Pipeline(Resource):
         new item would never surface. The slot goes to the best-scoring new
         item among the user's joint-space neighbours, if it is not already in.
         """
-        order = [int(j) for j in np.argsort(-scores, kind="stable")]
-        top = order[:k]
+        order = np.argsort(-scores, kind="stable")
+        top = [int(j) for j in order[:k]]
         slot = self.settings.stream.new_item_slot
-        if 0 < slot <= k:
+        any_new = self.scorer.has_new_items  # skip the per-item checks when there are none
+        if any_new and 0 < slot <= k:
             new = [j for j in order if cands[j][1] == "similar" and self.scorer.is_new(cands[j][0])]
             if new and new[0] not in top:
-                top = [*top[: slot - 1], new[0], *top[slot - 1 : k - 1]]
+                top = [*top[: slot - 1], int(new[0]), *top[slot - 1 : k - 1]]
         return [
             RankedItem(
                 cands[j][0],
                 round(float(scores[j]), 6),
                 r + 1,
-                "new" if self.scorer.is_new(cands[j][0]) else cands[j][1],
+                "new" if any_new and self.scorer.is_new(cands[j][0]) else cands[j][1],
             )
             for r, j in enumerate(top)
         ]

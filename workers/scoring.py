@@ -35,6 +35,7 @@ class ModelScorer:
         # Rows past the trained ones were added at run time from text alone.
         self._trained_rows = scorer.n_items
         self._unit: npt.NDArray[np.float32] | None = None
+        self._raw_ids: list[str] = []
         self._unit_rows = 0
 
     @property
@@ -48,6 +49,7 @@ class ModelScorer:
     def _unit_vectors(self) -> npt.NDArray[np.float32]:
         """L2-normalised joint vectors (without the bias column), cached until items grow."""
         if self._unit is None or self._unit_rows != self._scorer.n_items + 1:
+            self._raw_ids = [self._scorer.raw_id(r) for r in range(self._scorer.n_items + 1)]
             vectors = self._scorer.item_vectors()
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             norms[norms == 0] = 1.0
@@ -58,19 +60,40 @@ class ModelScorer:
     def similar(self, item_ids: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[str]:
         """Items closest (cosine, summed over seeds) to ``item_ids`` in the joint space,
         leaving out the seeds and ``exclude``."""
-        rows = [r for r in (self._scorer.row(i) for i in item_ids) if r]
-        if not rows or k <= 0:
-            return []
+        return self.similar_many([item_ids], k, [exclude])[0]
+
+    def similar_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        k: int,
+        excludes: Sequence[Collection[str]],
+    ) -> list[list[str]]:
+        """:meth:`similar` for many users at once: one (users x items) matrix product."""
+        if not seed_lists or k <= 0:
+            return [[] for _ in seed_lists]
         unit = self._unit_vectors()
-        sims = unit @ unit[rows].sum(axis=0)
-        sims[0] = -np.inf  # padding row
-        sims[rows] = -np.inf
-        if exclude:
-            sims[[self._scorer.row(i) for i in exclude]] = -np.inf  # unknown ids hit row 0
-        k = min(k, sims.shape[0] - 1)
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [self._scorer.raw_id(int(r)) for r in top if np.isfinite(sims[r])]
+        row = self._scorer.row
+        seeds = [[r for r in (row(i) for i in items) if r] for items in seed_lists]
+        queries = np.zeros((len(seeds), unit.shape[1]), dtype=np.float32)
+        for u, rows in enumerate(seeds):
+            if rows:
+                queries[u] = unit[rows].sum(axis=0)
+        sims = queries @ unit.T
+        sims[:, 0] = -np.inf  # padding row (and unknown ids, which map to it)
+        for u, (rows, exclude) in enumerate(zip(seeds, excludes, strict=True)):
+            sims[u, rows] = -np.inf
+            if exclude:
+                sims[u, [row(i) for i in exclude]] = -np.inf
+        k = min(k, sims.shape[1] - 1)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out: list[list[str]] = []
+        for u, rows in enumerate(seeds):
+            if not rows:
+                out.append([])
+                continue
+            order = top[u][np.argsort(-sims[u, top[u]], kind="stable")]
+            out.append([self._raw_ids[r] for r in order if np.isfinite(sims[u, r])])
+        return out
 
     async def score(
         self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
@@ -102,6 +125,11 @@ class ModelScorer:
     def known_items(self) -> list[str]:
         """Every item id the model can score, in table order."""
         return [self._scorer.raw_id(row) for row in range(1, self._scorer.n_items + 1)]
+
+    @property
+    def has_new_items(self) -> bool:
+        """Whether any item was added at run time from its text."""
+        return self._scorer.n_items > self._trained_rows
 
     def is_new(self, item_id: str) -> bool:
         """True for items the model knows from their text only (added at run time)."""
