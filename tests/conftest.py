@@ -21,12 +21,15 @@ import redis.asyncio as aioredis
 
 from contracts import topics
 from streams.kafka import ensure_topics
+from tests.models import tiny_model
 from workers.settings import KafkaSettings, RedisSettings, Secret, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Tests own a Redis database of their own and flush it before each test, so a
 # developer's running demo (db 0) is never touched.
 TEST_REDIS_URL = os.environ.get("RECSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+__all__ = ["tiny_model"]  # registered here so all test packages share one session model
+
 TEST_KAFKA = os.environ.get("RECSTREAM_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.model.conftest import TinyModel
+from tests.models import TinyModel
 from workers.errors import ConfigError, ModelError, ResourceClosedError
 from workers.model import ModelSettings, Scorer, load_manifest
 from workers.model.runtime import choose_providers

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.model.conftest import TinyModel
+from tests.models import TinyModel
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 

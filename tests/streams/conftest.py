@@ -1,6 +1,7 @@
 """Models for the stream tests, trained through the real commands.
 
-- ``model_dir``: the tiny synthetic model the model tests train (seconds);
+- ``model_dir``: the tiny synthetic model (tests/models.py, trained once per
+  session for every package);
   enough for delivery, state and dead-letter tests.
 - ``ml100k_model_dir``: the real A-LLMRec model on MovieLens-100k (about five
   minutes on 2 cores), for the test whose claim depends on the model's
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.model.conftest import TinyModel, tiny_model
+from tests.models import TinyModel
 from workers.model.launch import training_command
 from workers.settings import REPO_ROOT, Settings
 
-__all__ = ["ml100k_model_dir", "model_dir", "tiny_model"]
+__all__ = ["ml100k_model_dir", "model_dir"]
 
 
 @pytest.fixture(scope="session")

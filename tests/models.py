@@ -1,4 +1,6 @@
-"""A tiny model trained and exported once per session through the real code path.
+"""The tiny model, trained and exported once per session through the real code path.
+
+Registered as a fixture by tests/conftest.py, so every test package shares one.
 
 ``recstream train --tiny`` + ``recstream export`` run in the training venv
 (exactly the commands a developer runs, through :mod:`workers.model.launch`),
