@@ -19,7 +19,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "topics": ("streams.topics", "create recstream's topics explicitly (never auto-created)"),
     "worker": (
         "streams.worker",
-        "run stream processors: --role interactions|catalog|requests|chat|explain|all",
+        "run stream processors: --role interactions|catalog|requests|chat|all",
     ),
     "train": (
         "workers.model.cli_train",
