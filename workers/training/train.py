@@ -119,6 +119,29 @@ def _eval_users(data: Dataset) -> np.ndarray:
     return np.flatnonzero(data.valid > 0)
 
 
+class EarlyStopping:
+    """Keeps the weights of the best validation score; says stop after
+    ``patience`` evaluations without improvement."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = -1.0
+        self._bad = 0
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def should_stop(self, score: float, model: torch.nn.Module) -> bool:
+        if score > self.best:
+            self.best, self._bad = score, 0
+            self._state = {k: v.clone() for k, v in model.state_dict().items()}
+            return False
+        self._bad += 1
+        return self._bad >= self.patience
+
+    def restore_best(self, model: torch.nn.Module) -> None:
+        if self._state is not None:
+            model.load_state_dict(self._state)
+
+
 def train_sasrec(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> SASRec:
     model = SASRec(
         data.n_items,
@@ -135,7 +158,7 @@ def train_sasrec(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> SASRe
     cold = torch.from_numpy(~data.warm_mask)
     users = _eval_users(data)
     val_hist = left_pad([data.train_seqs[u] for u in users], cfg.max_len)
-    best, best_state, bad = -1.0, None, 0
+    stopper = EarlyStopping(cfg.patience)
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(1, cfg.sas_epochs + 1), desc="SASRec", unit="ep")
     for epoch in bar:
@@ -158,17 +181,11 @@ def train_sasrec(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> SASRe
             with torch.no_grad():
                 ndcg = _valid_ndcg(model.user(val_hist) @ model.item_emb.weight.T, data, users)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_ndcg=f"{ndcg:.4f}")
-            if ndcg > best:
-                best, bad = ndcg, 0
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            if stopper.should_stop(ndcg, model):
+                break
+    stopper.restore_best(model)
     model.eval()
-    hist["sasrec"] = {"best_val_ndcg@10": best, "epochs": epoch}
+    hist["sasrec"] = {"best_val_ndcg@10": stopper.best, "epochs": epoch}
     return model
 
 
@@ -179,7 +196,7 @@ def train_bpr(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> BPRMF:
     warm = np.flatnonzero(data.warm_mask)
     users = _eval_users(data)
     rng = np.random.default_rng(cfg.seed)
-    best, best_state, bad = -1.0, None, 0
+    stopper = EarlyStopping(cfg.patience)
     bar = tqdm(range(1, cfg.bpr_epochs + 1), desc="BPR-MF", unit="ep")
     for epoch in bar:
         perm = rng.permutation(len(pairs))
@@ -204,16 +221,10 @@ def train_bpr(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> BPRMF:
             with torch.no_grad():
                 ndcg = _valid_ndcg(model.scores(torch.from_numpy(users)), data, users)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_ndcg=f"{ndcg:.4f}")
-            if ndcg > best:
-                best, bad = ndcg, 0
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    hist["bpr"] = {"best_val_ndcg@10": best, "epochs": epoch}
+            if stopper.should_stop(ndcg, model):
+                break
+    stopper.restore_best(model)
+    hist["bpr"] = {"best_val_ndcg@10": stopper.best, "epochs": epoch}
     return model
 
 
@@ -238,7 +249,7 @@ def train_stage1(
     users = _eval_users(data)
     val_u = sasrec.user(left_pad([data.train_seqs[u] for u in users], cfg.max_len)).detach()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    best, best_state, bad = -1.0, None, 0
+    stopper = EarlyStopping(cfg.patience)
     bar = tqdm(range(1, cfg.s1_epochs + 1), desc="A-LLMRec stage 1", unit="ep")
     n = len(targets)
     step_size = max(1, n // max(1, len(seqs) // cfg.s1_batch))
@@ -269,17 +280,11 @@ def train_stage1(
             bar.set_postfix(
                 match=f"{matching.item():.4f}", rec=f"{rec.item():.3f}", val_ndcg=f"{ndcg:.4f}"
             )
-            if ndcg > best:
-                best, bad = ndcg, 0
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            if stopper.should_stop(ndcg, model):
+                break
+    stopper.restore_best(model)
     model.eval()
-    hist["stage1"] = {"best_val_ndcg@10": best, "epochs": epoch}
+    hist["stage1"] = {"best_val_ndcg@10": stopper.best, "epochs": epoch}
     return model
 
 
