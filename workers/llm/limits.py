@@ -99,7 +99,11 @@ class TokenWindow:
 
 
 # KEYS: requests log, tokens log, tokens sum, block flag.
-# ARGV: window ms, request limit, token limit, tokens, member id.
+# ARGV: window ms, request limit, token limit, tokens, member id, hold ms.
+# An admitted request is stamped at now + hold (its longest possible time in
+# flight): until it completes it counts against every window, because the
+# provider counts it when it *arrives*, which may be well after admission on a
+# busy machine. settle() re-stamps it with its completion time.
 # Returns {1, 0} admitted, {0, wait_ms} not yet, {-1, 0} can never fit.
 _ACQUIRE_LUA = """
 local t = redis.call('TIME')
@@ -109,6 +113,13 @@ local rpm = tonumber(ARGV[2])
 local tpm = tonumber(ARGV[3])
 local tokens = tonumber(ARGV[4])
 local id = ARGV[5]
+local hold = tonumber(ARGV[6])
+-- How long until an entry stamped at ``at`` leaves the window; an entry still
+-- in flight (stamped in the future) may end any moment: poll again soon.
+local function until_free(at)
+  if at > now then return 50 end
+  return at + window - now + 1
+end
 if tpm > 0 and tokens > tpm then return {-1, 0} end
 local blocked = redis.call('PTTL', KEYS[4])
 if blocked > 0 then return {0, blocked} end
@@ -126,7 +137,7 @@ if rpm > 0 then
   local n = redis.call('ZCARD', KEYS[1])
   if n >= rpm then
     local e = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')
-    wait = math.max(wait, tonumber(e[2]) + window - now + 1)
+    wait = math.max(wait, until_free(tonumber(e[2])))
   end
 end
 if tpm > 0 then
@@ -138,18 +149,28 @@ if tpm > 0 then
     for i = 1, #entries, 2 do
       freed = freed + tonumber(string.match(entries[i], ':(%d+)$'))
       if freed >= need then
-        wait = math.max(wait, tonumber(entries[i + 1]) + window - now + 1)
+        wait = math.max(wait, until_free(tonumber(entries[i + 1])))
         break
       end
     end
   end
 end
 if wait > 0 then return {0, wait} end
-redis.call('ZADD', KEYS[1], now, id)
-redis.call('ZADD', KEYS[2], now, id .. ':' .. tokens)
+redis.call('ZADD', KEYS[1], now + hold, id)
+redis.call('ZADD', KEYS[2], now + hold, id .. ':' .. tokens)
 redis.call('INCRBY', KEYS[3], tokens)
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window * 2) end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window * 2 + hold) end
 return {1, 0}
+"""
+
+# KEYS: requests log, tokens log. ARGV: member id, tokens.
+# Re-stamp a finished request with its completion time (never later than its hold).
+_SETTLE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', 'LT', now, ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', 'LT', now, ARGV[1] .. ':' .. ARGV[2])
+return 1
 """
 
 
@@ -164,8 +185,10 @@ class SharedWindowLimiter:
         rpm: int,
         tpm: int,
         window_s: float,
+        hold_s: float = 60.0,
     ) -> None:
         self._redis = redis
+        self._hold_ms = int(hold_s * 1000)
         # One hash tag: the script's keys live in one Redis Cluster slot.
         tag = "{" + key + "}"
         self._keys = [f"{tag}:req", f"{tag}:tok", f"{tag}:toksum", f"{tag}:block"]
@@ -173,22 +196,29 @@ class SharedWindowLimiter:
         self._tpm = tpm
         self._window_ms = int(window_s * 1000)
         self._script = redis.register_script(_ACQUIRE_LUA)
+        self._settle = redis.register_script(_SETTLE_LUA)
 
-    async def acquire_by(self, tokens: int, deadline: Deadline) -> None:
+    async def acquire_by(self, tokens: int, deadline: Deadline) -> str:
+        """Wait for room; return the ticket to :meth:`settle` when the request ends."""
         member = uuid.uuid4().hex
         while True:
             status, wait_ms = await self._script(
                 keys=self._keys,
-                args=[self._window_ms, self._rpm, self._tpm, tokens, member],
+                args=[self._window_ms, self._rpm, self._tpm, tokens, member, self._hold_ms],
             )
             if status == 1:
-                return
+                return f"{member}:{tokens}"
             if status == -1:
                 raise PromptTooLarge(f"request needs {tokens} tokens, window limit is {self._tpm}")
             wait = int(wait_ms) / 1000
             if wait > deadline.remaining():
                 raise RateLimited("shared limit: wait exceeds deadline", retry_after=wait)
             await asyncio.sleep(wait)
+
+    async def settle(self, ticket: str) -> None:
+        """The request of ``ticket`` has ended: its window now runs from this moment."""
+        member, _, tokens = ticket.rpartition(":")
+        await self._settle(keys=self._keys[:2], args=[member, tokens])
 
     async def block(self, seconds: float) -> None:
         """Hold every process off this endpoint (after a 429 with Retry-After)."""
@@ -211,8 +241,9 @@ class EndpointLimiter:
         self._shared = shared
         self._blocked_until = 0.0
 
-    async def acquire_by(self, tokens: int, deadline: Deadline) -> float:
-        """Wait (within the deadline) for room; returns the seconds spent waiting."""
+    async def acquire_by(self, tokens: int, deadline: Deadline) -> tuple[float, str | None]:
+        """Wait (within the deadline) for room; returns the seconds spent waiting and
+        the shared limiter's ticket (None without Redis), to :meth:`settle` afterwards."""
         start = time.monotonic()
         blocked = self._blocked_until - start
         if blocked > 0:
@@ -227,9 +258,20 @@ class EndpointLimiter:
             await self._requests.acquire_by(deadline)
         if self._tokens is not None:
             await self._tokens.acquire_by(tokens, deadline)
+        ticket = None
         if self._shared is not None:
-            await self._shared.acquire_by(tokens, deadline)
-        return time.monotonic() - start
+            ticket = await self._shared.acquire_by(tokens, deadline)
+        return time.monotonic() - start, ticket
+
+    async def settle(self, ticket: str | None) -> None:
+        """Tell the shared window the request ended (best effort: an unsettled
+        entry only holds its place until its hold time runs out)."""
+        if ticket is None or self._shared is None:
+            return
+        try:
+            await self._shared.settle(ticket)
+        except Exception:
+            log.warning("could not settle a shared-limit entry", exc_info=True)
 
     async def block(self, seconds: float) -> None:
         self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)

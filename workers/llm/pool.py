@@ -156,7 +156,12 @@ class Endpoint:
         window = s.window_s + s.window_margin_s
         shared = (
             SharedWindowLimiter(
-                redis, f"{key_prefix}:lim:{s.name}", rpm=s.rpm, tpm=s.tpm, window_s=window
+                redis,
+                f"{key_prefix}:lim:{s.name}",
+                rpm=s.rpm,
+                tpm=s.tpm,
+                window_s=window,
+                hold_s=s.connect_timeout_s + s.read_timeout_s,
             )
             if redis is not None and (s.rpm or s.tpm)
             else None
@@ -227,7 +232,7 @@ class Endpoint:
             if not self.breaker.allow():
                 raise CircuitOpen(f"breaker open on {s.name}", retry_after=self.breaker.retry_in())
             try:
-                waited = await self.limiter.acquire_by(reserve, deadline)
+                waited, ticket = await self.limiter.acquire_by(reserve, deadline)
             except BaseException:
                 self.breaker.record_neutral()
                 raise
@@ -247,6 +252,8 @@ class Endpoint:
                     break
                 self.retry_log.append((time.monotonic(), delay, retry.reason))
                 await asyncio.sleep(delay)
+            finally:
+                await self.limiter.settle(ticket)
         assert last is not None
         raise last
 
