@@ -34,12 +34,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from contracts import CODECS, Interaction, RecommendationRequest, topics
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, topic_reader
 from streams.replay import ml100k_events, ml100k_folder
 from workers.resources import RedisResource
 from workers.scoring import open_scorer
@@ -87,14 +87,7 @@ async def _produce(settings: Settings, topic: str, items: list[tuple[bytes, byte
 
 
 async def raw_consume_rate(settings: Settings, topic: str, n: int) -> float:
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topic(topic),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
+    consumer = topic_reader(settings.kafka, topic, max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
     seen = 0
     started = time.perf_counter()
@@ -109,13 +102,7 @@ async def raw_consume_rate(settings: Settings, topic: str, n: int) -> float:
 
 async def naive_state_rate(settings: Settings, topic: str, n: int) -> float:
     """The seed-article style: per event json.loads and one awaited Redis call per command."""
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topic(topic),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    consumer = topic_reader(settings.kafka, topic)
     await consumer.start()
     seen = 0
     started = time.perf_counter()
@@ -270,13 +257,7 @@ async def bench_requests(n: int, fixed_rate: float, latency_requests: int) -> di
 
 
 async def _count_outputs(settings: Settings, n: int) -> None:
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topic(topics.RECOMMENDATIONS),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    consumer = topic_reader(settings.kafka, topics.RECOMMENDATIONS)
     await consumer.start()
     seen = 0
     try:
@@ -290,13 +271,7 @@ async def _count_outputs(settings: Settings, n: int) -> None:
 async def _latency_at_rate(
     settings: Settings, users: list[str], rate: float, count: int, offset: int
 ) -> dict[str, Any]:
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topic(topics.RECOMMENDATIONS),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="latest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    consumer = topic_reader(settings.kafka, topics.RECOMMENDATIONS, from_beginning=False)
     await consumer.start()
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=0)

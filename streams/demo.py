@@ -26,11 +26,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from aiokafka import AIOKafkaConsumer
 
 from contracts import CODECS, Recommendation, topics
 from streams.infra import SCRIPT
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, topic_reader
 from streams.replay import ml100k_events, ml100k_folder, replay
 from streams.tail import format_event
 from workers.settings import Settings
@@ -110,16 +109,8 @@ async def _wait_ready(
 
 async def _drain(settings: Settings, expected_requests: int, idle_s: float = 5.0) -> dict[str, Any]:
     """Read every output until the requests are answered and the topics go quiet."""
-    names = [
-        settings.kafka.topic(t)
-        for t in (topics.REQUESTS, topics.RECOMMENDATIONS, topics.DEAD_LETTERS)
-    ]
-    consumer = AIOKafkaConsumer(
-        *names,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
+    consumer = topic_reader(
+        settings.kafka, topics.REQUESTS, topics.RECOMMENDATIONS, topics.DEAD_LETTERS
     )
     await consumer.start()
     request_ts: dict[str, int] = {}

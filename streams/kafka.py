@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
@@ -15,7 +16,7 @@ from workers.errors import ResourceError
 from workers.resources import Resource
 from workers.settings import KafkaSettings
 
-__all__ = ["KafkaProducerResource", "ensure_topics"]
+__all__ = ["KafkaProducerResource", "ensure_topics", "topic_reader"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,21 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+def topic_reader(
+    settings: KafkaSettings, *names: str, from_beginning: bool = True, **options: Any
+) -> AIOKafkaConsumer:
+    """A group-less consumer of contract topics (prefix applied), committing nothing:
+    for tools, benchmarks and tests that read a topic without joining a group."""
+    return AIOKafkaConsumer(
+        *(settings.topic(n) for n in names),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        group_id=None,
+        **options,
+    )
 
 
 class KafkaProducerResource(Resource):

@@ -9,8 +9,6 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
 from contracts import (
     CODECS,
     ChatReply,
@@ -20,6 +18,7 @@ from contracts import (
     Recommendation,
     topics,
 )
+from streams.kafka import topic_reader
 from workers.settings import Settings
 
 __all__ = ["format_event", "main"]
@@ -57,13 +56,7 @@ def format_event(event: Any, titles: Mapping[str, str] | None = None) -> str:
 async def _tail(
     settings: Settings, topic: str, from_beginning: bool, limit: int, idle_s: float
 ) -> int:
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topic(topic),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    consumer = topic_reader(settings.kafka, topic, from_beginning=from_beginning)
     await consumer.start()
     shown = 0
     try:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 
 from contracts import CODECS
+from streams.kafka import topic_reader
 from workers.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,13 +122,7 @@ async def collect(
 ) -> list[Any]:
     """Decode every event of an output topic from the start until ``until(events)`` is
     true (and, with ``quiet_s``, no event arrived for that long)."""
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topic(topic),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    consumer = topic_reader(settings.kafka, topic)
     await consumer.start()
     events: list[Any] = []
     deadline = time.monotonic() + timeout
