@@ -31,7 +31,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     ),
     "export": ("workers.model.cli_export", "export trained models to ONNX with parity checks"),
     "llm-test-server": (
-        "workers.llm.testserver",
+        "workers.testing.llm_server",
         "run the OpenAI-compatible LLM TEST server (not a model)",
     ),
     "replay": ("streams.replay", "replay MovieLens-100k into Kafka at a chosen rate"),

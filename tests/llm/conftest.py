@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from workers.llm import EndpointSettings, LLMSettings
-from workers.llm.testserver import LLMTestServer
+from workers.testing.llm_server import LLMTestServer
 from workers.settings import Secret
 
 TEST_REDIS_URL = os.environ.get("RECSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -27,7 +27,7 @@ from workers.llm import (
     UserContext,
 )
 from workers.llm.prompts import ChatState, Intent
-from workers.llm.testserver import Behaviour, LLMTestServer
+from workers.testing.llm_server import Behaviour, LLMTestServer
 from workers.settings import Secret
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from workers.llm import (
     UpstreamError,
     UserContext,
 )
-from workers.llm.testserver import Behaviour, LLMTestServer
+from workers.testing.llm_server import Behaviour, LLMTestServer
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from workers.llm import (
     Turn,
     UserContext,
 )
-from workers.llm.testserver import LLMTestServer
+from workers.testing.llm_server import LLMTestServer
 
 pytestmark = pytest.mark.integration
 

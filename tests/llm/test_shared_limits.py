@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.llm.conftest import TEST_REDIS_URL
-from workers.llm.testserver import LLMTestServer
+from workers.testing.llm_server import LLMTestServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

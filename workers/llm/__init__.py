@@ -27,7 +27,7 @@ no wait past the caller's deadline. What the role helpers promise: a frozen
 result whose item ids come from the candidate set, whose text is plain,
 capped and free of the canary, after at most one repair attempt.
 
-``LLMTestServer`` (workers.llm.testserver) is the OpenAI-compatible test
+``LLMTestServer`` (workers.testing.llm_server) is the OpenAI-compatible test
 double used by the tests and the benchmark; it is not a model.
 """
 
