@@ -163,4 +163,5 @@ CODECS: Final[dict[str, Codec[Any]]] = {
     topics.EXPLANATIONS: Codec(ev.Explanation, MAX_OUTPUT_BYTES),
     topics.CHAT_REPLIES: Codec(ev.ChatReply, MAX_OUTPUT_BYTES),
     topics.DEAD_LETTERS: Codec(ev.DeadLetter, MAX_OUTPUT_BYTES),
+    topics.LLM_WORK: Codec(ev.LLMWork, MAX_OUTPUT_BYTES),
 }

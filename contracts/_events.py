@@ -24,14 +24,18 @@ __all__ = [
     "Interaction",
     "InteractionKind",
     "LLMUsage",
+    "LLMWork",
     "RankedItem",
     "Recommendation",
     "RecommendationRequest",
+    "Rung",
     "Strategy",
 ]
 
 InteractionKind = Literal["view", "click", "add_to_cart", "purchase", "rating", "skip"]
 Strategy = Literal["model", "llm", "hybrid", "popular", "fresh"]
+# The fallback ladder: which rung answered a cause.
+Rung = Literal["llm", "llm_cached", "model", "popular", "fresh"]
 Scalar = str | int | float | bool
 AttributeValue = str | int | float | bool | tuple[str, ...]
 
@@ -279,11 +283,17 @@ class Recommendation(Event):
     ts_ms: int
     llm: LLMUsage = field(default_factory=LLMUsage)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    route: str | None = None
+    reason: str | None = None
+    rung: Rung | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recommendation:
         llm = data["llm"]
         return cls(
+            route=data.get("route"),
+            reason=data.get("reason"),
+            rung=data.get("rung"),
             rec_id=data["rec_id"],
             user_id=data["user_id"],
             cause=Cause(data["cause"]["kind"], data["cause"]["id"]),
@@ -291,13 +301,7 @@ class Recommendation(Event):
             strategy=data["strategy"],
             model_version=data["model_version"],
             ts_ms=data["ts_ms"],
-            llm=LLMUsage(
-                used=llm["used"],
-                model=llm.get("model"),
-                prompt_tokens=llm.get("prompt_tokens", 0),
-                completion_tokens=llm.get("completion_tokens", 0),
-                cost_usd=llm.get("cost_usd", 0.0),
-            ),
+            llm=_llm_usage(llm),
             timings_ms=dict(data["timings_ms"]),
         )
 
@@ -312,6 +316,81 @@ class Recommendation(Event):
             "model_version": self.model_version,
             "llm": self.llm.to_dict(),
             "timings_ms": self.timings_ms,
+            "route": self.route,
+            "reason": self.reason,
+            "rung": self.rung,
+            "ts_ms": self.ts_ms,
+        }
+
+
+def _llm_usage(data: dict[str, Any]) -> LLMUsage:
+    return LLMUsage(
+        used=data["used"],
+        model=data.get("model"),
+        prompt_tokens=data.get("prompt_tokens", 0),
+        completion_tokens=data.get("completion_tokens", 0),
+        cost_usd=data.get("cost_usd", 0.0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LLMWork(Event):
+    """Internal: an ask routed to the llm role (topic ``llm-work``, key user_id).
+
+    Carries everything the llm role needs to answer on its own: the candidates
+    to rank, the user's stated context, the deadline, and the fallback list
+    the requests role computed, emitted as-is if the LLM cannot answer in time.
+    """
+
+    SCHEMA: ClassVar[str] = "llm_work"
+
+    work_id: str
+    user_id: str
+    cause: Cause
+    k: int
+    deadline_ms: int
+    route: str
+    reason: str
+    candidates: tuple[str, ...]
+    fallback_items: tuple[RankedItem, ...]
+    fallback_rung: Literal["model", "popular", "fresh"]
+    model_version: str
+    ts_ms: int
+    query: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LLMWork:
+        return cls(
+            work_id=data["work_id"],
+            user_id=data["user_id"],
+            cause=Cause(data["cause"]["kind"], data["cause"]["id"]),
+            k=data["k"],
+            deadline_ms=data["deadline_ms"],
+            route=data["route"],
+            reason=data["reason"],
+            candidates=tuple(data["candidates"]),
+            fallback_items=tuple(RankedItem.from_dict(i) for i in data["fallback_items"]),
+            fallback_rung=data["fallback_rung"],
+            model_version=data["model_version"],
+            ts_ms=data["ts_ms"],
+            query=data.get("query"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.VERSION,
+            "work_id": self.work_id,
+            "user_id": self.user_id,
+            "cause": {"kind": self.cause.kind, "id": self.cause.id},
+            "k": self.k,
+            "deadline_ms": self.deadline_ms,
+            "route": self.route,
+            "reason": self.reason,
+            "query": self.query,
+            "candidates": list(self.candidates),
+            "fallback_items": [i.to_dict() for i in self.fallback_items],
+            "fallback_rung": self.fallback_rung,
+            "model_version": self.model_version,
             "ts_ms": self.ts_ms,
         }
 
@@ -389,6 +468,8 @@ class ChatReply(Event):
     source: Literal["llm", "model", "template"]
     ts_ms: int
     intent: str | None = None
+    reason: str | None = None
+    state: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChatReply:
@@ -402,6 +483,8 @@ class ChatReply(Event):
             source=data["source"],
             ts_ms=data["ts_ms"],
             intent=data.get("intent"),
+            reason=data.get("reason"),
+            state=data.get("state"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -414,6 +497,8 @@ class ChatReply(Event):
             "text": self.text,
             "items": [i.to_dict() for i in self.items],
             "intent": self.intent,
+            "reason": self.reason,
+            "state": self.state,
             "source": self.source,
             "ts_ms": self.ts_ms,
         }

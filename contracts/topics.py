@@ -17,6 +17,8 @@ __all__ = [
     "EXPLANATIONS",
     "INPUT_TOPICS",
     "INTERACTIONS",
+    "INTERNAL_TOPICS",
+    "LLM_WORK",
     "OUTPUT_TOPICS",
     "RECOMMENDATIONS",
     "REQUESTS",
@@ -30,7 +32,10 @@ RECOMMENDATIONS: Final = "recommendations"
 EXPLANATIONS: Final = "explanations"
 CHAT_REPLIES: Final = "chat-replies"
 DEAD_LETTERS: Final = "dead-letters"
+# Internal: asks the requests role routes to the llm role (never produced by users).
+LLM_WORK: Final = "llm-work"
 
 INPUT_TOPICS: Final = (INTERACTIONS, CATALOG, CHAT, REQUESTS)
 OUTPUT_TOPICS: Final = (RECOMMENDATIONS, EXPLANATIONS, CHAT_REPLIES, DEAD_LETTERS)
-ALL_TOPICS: Final = INPUT_TOPICS + OUTPUT_TOPICS
+INTERNAL_TOPICS: Final = (LLM_WORK,)
+ALL_TOPICS: Final = INPUT_TOPICS + OUTPUT_TOPICS + INTERNAL_TOPICS
