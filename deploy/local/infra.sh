@@ -121,7 +121,7 @@ kafka_up() {
     log "formatting KRaft storage (cluster $cluster_id)"
     java -cp "$cp" -Dlog4j2.configurationFile="$kafka_dir/log4j2.properties" \
       -Dkafka.log.file="$logs/kafka-format.log" \
-      kafka.tools.StorageTool format -t "$cluster_id" -c "$kafka_dir/server.properties" \
+      kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$kafka_dir/server.properties" \
       --standalone >>"$logs/infra.log" 2>&1 || die "storage format failed (see $logs/infra.log)"
   fi
   log "starting kafka $kafka_version on 127.0.0.1:$kafka_port"
