@@ -4,25 +4,76 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.types.auth import CredentialsT
 
 from contracts import topics
 from workers.errors import ResourceError
 from workers.resources import Resource
 from workers.settings import KafkaSettings
 
-__all__ = ["KafkaProducerResource", "ensure_topics", "topic_reader"]
+__all__ = [
+    "KafkaProducerResource",
+    "client_security",
+    "ensure_topics",
+    "faust_credentials",
+    "topic_reader",
+]
 
 logger = logging.getLogger(__name__)
 
 # Output and dead-letter topics are keyed like their inputs, so they get the
 # same partition count; consumers of one user's events then see them in order.
 _RETENTION_MS = {topics.DEAD_LETTERS: str(14 * 24 * 3600 * 1000)}
+
+
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """TLS context: the given CA (else the system store), a client cert for mutual TLS."""
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=settings.ssl_cafile or None,
+        certfile=settings.ssl_certfile or None,
+        keyfile=settings.ssl_keyfile or None,
+    )
+    return context
+
+
+def client_security(settings: KafkaSettings) -> dict[str, Any]:
+    """The security keyword arguments of every aiokafka client (producer, consumer,
+    admin): PLAINTEXT in dev, SASL_SSL with SCRAM-SHA-512 in production."""
+    protocol = settings.security_protocol
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in {"SSL", "SASL_SSL"}:
+        kwargs["ssl_context"] = _ssl_context(settings)
+    if protocol.startswith("SASL_"):
+        kwargs.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password.reveal(),
+        )
+    return kwargs
+
+
+def faust_credentials(settings: KafkaSettings) -> CredentialsT | None:
+    """The same security for faust's consumer and producer (``broker_credentials``)."""
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return SSLCredentials(_ssl_context(settings))
+    return SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password.reveal(),
+        mechanism=settings.sasl_mechanism,
+        ssl_context=_ssl_context(settings) if protocol == "SASL_SSL" else None,
+    )
 
 
 async def ensure_topics(
@@ -42,7 +93,9 @@ async def ensure_topics(
     deadline = loop.time() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-admin"
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-admin",
+            **client_security(settings),
         )
         try:
             await admin.start()
@@ -91,7 +144,7 @@ def topic_reader(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         group_id=None,
-        **options,
+        **{**client_security(settings), **options},
     )
 
 
@@ -125,6 +178,7 @@ class KafkaProducerResource(Resource):
             enable_idempotence=True,
             linger_ms=self._linger_ms,
             compression_type=None,
+            **client_security(self._settings),
         )
         try:
             await producer.start()

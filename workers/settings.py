@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from workers.errors import ConfigError
 
@@ -29,6 +30,7 @@ __all__ = [
     "env_bool",
     "env_float",
     "env_int",
+    "env_secret",
     "env_str",
 ]
 
@@ -99,6 +101,23 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{PREFIX}{name} must be a boolean (true/false), got {raw!r}")
 
 
+def env_secret(env: Mapping[str, str], name: str, default: str = "") -> Secret:
+    """A secret from ``RECSTREAM_<name>_FILE`` (a mounted Kubernetes Secret; one
+    trailing newline dropped) when given, else from ``RECSTREAM_<name>``."""
+    path = env.get(f"{PREFIX}{name}_FILE", "")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{PREFIX}{name}_FILE: cannot read {path}: {exc}") from None
+        return Secret(value.removesuffix("\n"))
+    return Secret(env.get(PREFIX + name, default))
+
+
+_KAFKA_PROTOCOLS: Final = frozenset({"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"})
+_SASL_MECHANISMS: Final = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Where the broker is and how topics are named and created."""
@@ -111,6 +130,35 @@ class KafkaSettings:
     partitions: int = 6
     replication_factor: int = 1
     client_id: str = "recstream"
+    # Transport security: PLAINTEXT (dev), SSL, SASL_PLAINTEXT or SASL_SSL
+    # (production: SASL_SSL with SCRAM-SHA-512, one SCRAM user per role). The
+    # password comes from a mounted Secret file (KAFKA_SASL_PASSWORD_FILE).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    # PEM files; empty CA file = the system trust store. Cert + key = mutual TLS.
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in _KAFKA_PROTOCOLS:
+            raise ConfigError(
+                f"{PREFIX}KAFKA_SECURITY_PROTOCOL must be one of {sorted(_KAFKA_PROTOCOLS)}, "
+                f"got {self.security_protocol!r}"
+            )
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism not in _SASL_MECHANISMS:
+                raise ConfigError(
+                    f"{PREFIX}KAFKA_SASL_MECHANISM must be one of {sorted(_SASL_MECHANISMS)}, "
+                    f"got {self.sasl_mechanism!r}"
+                )
+            if not (self.sasl_username and self.sasl_password):
+                raise ConfigError(
+                    f"{PREFIX}KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                    f"{PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD(_FILE)"
+                )
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> KafkaSettings:
@@ -120,6 +168,15 @@ class KafkaSettings:
             partitions=env_int(env, "KAFKA_PARTITIONS", cls.partitions, minimum=1),
             replication_factor=env_int(env, "KAFKA_REPLICATION", cls.replication_factor, minimum=1),
             client_id=env_str(env, "KAFKA_CLIENT_ID", cls.client_id),
+            security_protocol=env_str(
+                env, "KAFKA_SECURITY_PROTOCOL", cls.security_protocol
+            ).upper(),
+            sasl_mechanism=env_str(env, "KAFKA_SASL_MECHANISM", cls.sasl_mechanism).upper(),
+            sasl_username=env_secret(env, "KAFKA_SASL_USERNAME").reveal(),
+            sasl_password=env_secret(env, "KAFKA_SASL_PASSWORD"),
+            ssl_cafile=env_str(env, "KAFKA_SSL_CAFILE", cls.ssl_cafile),
+            ssl_certfile=env_str(env, "KAFKA_SSL_CERTFILE", cls.ssl_certfile),
+            ssl_keyfile=env_str(env, "KAFKA_SSL_KEYFILE", cls.ssl_keyfile),
         )
 
     def topic(self, name: str) -> str:
@@ -139,10 +196,39 @@ class RedisSettings:
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> RedisSettings:
         return cls(
-            url=Secret(env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0")),
+            url=_redis_url(env),
             key_prefix=env_str(env, "REDIS_KEY_PREFIX", cls.key_prefix),
             max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", cls.max_connections, minimum=1),
         )
+
+
+def _redis_url(env: Mapping[str, str]) -> Secret:
+    """REDIS_URL(_FILE) completed with the ACL user (REDIS_USERNAME, REDIS_PASSWORD(_FILE))
+    and TLS (REDIS_TLS, REDIS_TLS_CA_FILE / _CERT_FILE / _KEY_FILE), so every client
+    built from the URL (state, LLM limits, LLM cache) authenticates the same way."""
+    url = env_secret(env, "REDIS_URL", "redis://127.0.0.1:6379/0").reveal()
+    username = env_secret(env, "REDIS_USERNAME").reveal()
+    password = env_secret(env, "REDIS_PASSWORD").reveal()
+    tls_files = {
+        "ssl_ca_certs": env_str(env, "REDIS_TLS_CA_FILE", ""),
+        "ssl_certfile": env_str(env, "REDIS_TLS_CERT_FILE", ""),
+        "ssl_keyfile": env_str(env, "REDIS_TLS_KEY_FILE", ""),
+    }
+    tls = env_bool(env, "REDIS_TLS", False) or any(tls_files.values())
+    if not (username or password or tls):
+        return Secret(url)
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss"}:
+        raise ConfigError(f"{PREFIX}REDIS_URL must be redis:// or rediss:// to add credentials")
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if username or password:
+        netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{netloc}"
+    elif "@" in parts.netloc:
+        netloc = parts.netloc
+    query = dict(parse_qsl(parts.query))
+    query.update({k: v for k, v in tls_files.items() if v})
+    scheme = "rediss" if tls else parts.scheme
+    return Secret(urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment)))
 
 
 def _kinds(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozenset[str]:
@@ -182,6 +268,9 @@ class StreamSettings:
     new_item_slot: int = 3
     catalog_poll_ms: int = 1000
     web_port: int = 6066
+    # Address of /healthz, /readyz, /metrics: loopback on a laptop; 0.0.0.0 in a
+    # pod, so the kubelet's probes and Prometheus reach it.
+    web_bind: str = "127.0.0.1"
     # A consumer that has had records waiting this long without progress is stalled.
     stall_after_s: float = 60.0
 
@@ -199,6 +288,7 @@ class StreamSettings:
             new_item_slot=env_int(env, "NEW_ITEM_SLOT", cls.new_item_slot, minimum=0),
             catalog_poll_ms=env_int(env, "CATALOG_POLL_MS", cls.catalog_poll_ms, minimum=50),
             web_port=env_int(env, "WEB_PORT", cls.web_port, minimum=0),
+            web_bind=env_str(env, "WEB_BIND", cls.web_bind),
             stall_after_s=env_float(env, "STALL_AFTER_S", cls.stall_after_s),
         )
 
