@@ -328,3 +328,15 @@ class Scorer:
         """MiniLM sentence embeddings [N, 384] through the ONNX text encoder."""
         result: FloatArray = await self._run(self._encode, list(texts))
         return result
+
+    def _joint_from_texts(self, texts: list[str]) -> FloatArray:
+        emb = self._encoder().encode(texts)
+        _, joint = self._text_to_joint.run(None, {"text_embeddings": emb})
+        result: FloatArray = np.asarray(joint, dtype=np.float32)[:, :-1]
+        return result
+
+    async def joint_from_texts(self, texts: Sequence[str]) -> FloatArray:
+        """Joint-space vectors [N, d] of free texts (a chat query, a stated context),
+        comparable with :meth:`item_vectors`; nothing is added to the item table."""
+        result: FloatArray = await self._run(self._joint_from_texts, list(texts))
+        return result
