@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from workers.env import (
+    PREFIX,
+    REPO_ROOT,
+    Secret,
+    env_bool,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+)
 from workers.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,9 +32,12 @@ if TYPE_CHECKING:
     from workers.model.settings import ModelSettings
 
 __all__ = [
+    "PREFIX",
+    "REPO_ROOT",
     "KafkaSettings",
     "RedisSettings",
     "Secret",
+    "ServingSettings",
     "Settings",
     "StreamSettings",
     "env_bool",
@@ -33,85 +46,6 @@ __all__ = [
     "env_secret",
     "env_str",
 ]
-
-PREFIX: Final = "RECSTREAM_"
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-
-
-class Secret:
-    """A string that prints as ``'***'``; call :meth:`reveal` where it is used."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def env_str(env: Mapping[str, str], name: str, default: str) -> str:
-    return env.get(PREFIX + name, default)
-
-
-def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{PREFIX}{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
-
-
-def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{PREFIX}{name} must be a boolean (true/false), got {raw!r}")
-
-
-def env_secret(env: Mapping[str, str], name: str, default: str = "") -> Secret:
-    """A secret from ``RECSTREAM_<name>_FILE`` (a mounted Kubernetes Secret; one
-    trailing newline dropped) when given, else from ``RECSTREAM_<name>``."""
-    path = env.get(f"{PREFIX}{name}_FILE", "")
-    if path:
-        try:
-            value = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{PREFIX}{name}_FILE: cannot read {path}: {exc}") from None
-        return Secret(value.removesuffix("\n"))
-    return Secret(env.get(PREFIX + name, default))
 
 
 _KAFKA_PROTOCOLS: Final = frozenset({"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"})
@@ -294,12 +228,88 @@ class StreamSettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """How asks are routed (the policy) and answered (deadlines, LLM paths)."""
+
+    # Every request is answered within this many ms of its arrival, by the
+    # best rung ready by then: LLM -> cached LLM result -> model -> popular.
+    request_deadline_ms: int = 2000
+    # LLM paths, each of which can be turned off on its own.
+    llm_cold_start: bool = True
+    llm_chat: bool = True
+    llm_explain: bool = True
+    # A stated context shorter than this carries too little to rank on.
+    min_query_chars: int = 8
+    # policy.chat_complexity score from which a chat message goes to the LLM.
+    chat_complex_at: float = 0.5
+    # LLM calls in flight per LLM role process (bounded background work).
+    llm_concurrency: int = 8
+    # Per chat turn and explanation: seconds an LLM answer may take before
+    # the rules/template rung answers. Well below Kafka's poll interval.
+    chat_deadline_ms: int = 4000
+    explain_deadline_ms: int = 3000
+    # Explanations: how many items of a list get one, and how many of those
+    # may be LLM-written (the rest use the grounded template). Only lists
+    # answering a request or a chat message get LLM-written ones.
+    explain_max_items: int = 10
+    explain_llm_items: int = 1
+    # Share of the LLM token budget per minute each path may spend (0..1 of
+    # RECSTREAM_LLM_BUDGET_TOKENS_PER_MINUTE; ignored when that is 0).
+    budget_share_cold: float = 0.4
+    budget_share_chat: float = 0.4
+    budget_share_explain: float = 0.2
+    # Dialogue state of a chat session lives this long after its last turn.
+    chat_session_ttl_s: int = 1800
+    # Emitted outputs are kept this long so a redelivered cause re-emits
+    # identical content (Kafka redelivery comes within minutes; a day also
+    # covers an operator's same-day replay).
+    output_ttl_s: int = 86_400
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> ServingSettings:
+        shares = {
+            name: env_float(
+                env, f"BUDGET_SHARE_{name.upper()}", getattr(cls, f"budget_share_{name}")
+            )
+            for name in ("cold", "chat", "explain")
+        }
+        for name, share in shares.items():
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"{PREFIX}BUDGET_SHARE_{name.upper()} must be within 0..1")
+        return cls(
+            request_deadline_ms=env_int(
+                env, "REQUEST_DEADLINE_MS", cls.request_deadline_ms, minimum=50
+            ),
+            llm_cold_start=env_bool(env, "LLM_COLD_START", cls.llm_cold_start),
+            llm_chat=env_bool(env, "LLM_CHAT", cls.llm_chat),
+            llm_explain=env_bool(env, "LLM_EXPLAIN", cls.llm_explain),
+            min_query_chars=env_int(env, "MIN_QUERY_CHARS", cls.min_query_chars, minimum=0),
+            chat_complex_at=env_float(env, "CHAT_COMPLEX_AT", cls.chat_complex_at),
+            llm_concurrency=env_int(env, "LLM_CONCURRENCY", cls.llm_concurrency, minimum=1),
+            chat_deadline_ms=env_int(env, "CHAT_DEADLINE_MS", cls.chat_deadline_ms, minimum=50),
+            explain_deadline_ms=env_int(
+                env, "EXPLAIN_DEADLINE_MS", cls.explain_deadline_ms, minimum=50
+            ),
+            explain_max_items=env_int(env, "EXPLAIN_MAX_ITEMS", cls.explain_max_items, minimum=0),
+            explain_llm_items=env_int(env, "EXPLAIN_LLM_ITEMS", cls.explain_llm_items, minimum=0),
+            budget_share_cold=shares["cold"],
+            budget_share_chat=shares["chat"],
+            budget_share_explain=shares["explain"],
+            chat_session_ttl_s=env_int(
+                env, "CHAT_SESSION_TTL_S", cls.chat_session_ttl_s, minimum=1
+            ),
+            output_ttl_s=env_int(env, "OUTPUT_TTL_S", cls.output_ttl_s, minimum=0),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration; build it with :meth:`from_env`."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
     model: ModelSettings = field(default_factory=lambda: _model_settings()())  # noqa: PLW0108 - lazy import
     llm: LLMSettings = field(default_factory=lambda: _llm_settings()())  # noqa: PLW0108 - lazy import
     # Local runtime folder: infra data, logs, model artifacts (dev default).
@@ -318,6 +328,7 @@ class Settings:
             kafka=KafkaSettings.from_mapping(env),
             redis=RedisSettings.from_mapping(env),
             stream=StreamSettings.from_mapping(env),
+            serving=ServingSettings.from_mapping(env),
             model=_model_settings().from_mapping(env),
             llm=_llm_settings().from_mapping(env),
             home=Path(env_str(env, "HOME", str(REPO_ROOT / ".local"))),

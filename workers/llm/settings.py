@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from workers.errors import ConfigError
-from workers.settings import PREFIX, Secret, env_bool, env_float, env_int, env_str
+from workers.env import PREFIX, Secret, env_bool, env_float, env_int, env_str
 
 __all__ = ["EndpointSettings", "LLMSettings"]
 

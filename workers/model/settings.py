@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import ConfigError
-from workers.settings import REPO_ROOT, env_int, env_str
+from workers.env import REPO_ROOT, env_int, env_str
 
 __all__ = ["DEVICES", "ModelSettings"]
 
