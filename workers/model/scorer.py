@@ -315,6 +315,29 @@ class Scorer:
         result: IntArray = await self._run(self._add, list(raw_ids), list(texts))
         return result
 
+    def _replace(self, raw_ids: Sequence[str], texts: Sequence[str], first_row: int) -> int:
+        assert self._input is not None and self._joint is not None
+        rows = [self._index.get(r, 0) for r in raw_ids]
+        keep = [k for k, row in enumerate(rows) if row >= first_row]
+        if not keep:
+            return 0
+        emb = self._encoder().encode([texts[k] for k in keep])
+        new_input, new_joint = self._text_to_joint.run(None, {"text_embeddings": emb})
+        for n, k in enumerate(keep):
+            self._input.view[rows[k]] = new_input[n]
+            self._joint.view[rows[k]] = new_joint[n]
+        return len(keep)
+
+    async def replace_text_items(
+        self, raw_ids: Sequence[str], texts: Sequence[str], *, first_row: int
+    ) -> int:
+        """Re-embed items known from text only (rows >= ``first_row``) from new text
+        (an enriched description); trained rows are never touched. Returns how many."""
+        if len(raw_ids) != len(texts):
+            raise ValueError("raw_ids and texts differ in length")
+        result: int = await self._run(self._replace, list(raw_ids), list(texts), first_row)
+        return result
+
     def item_vectors(self) -> FloatArray:
         """A copy of the joint item vectors [rows, d] (bias column dropped; row 0 is padding).
 
