@@ -3,8 +3,10 @@
 Model output is untrusted. These helpers extract one JSON object from the
 answer (tolerating code fences and chatter around it), refuse oversize
 answers before parsing, and read fields with their type, their count cap and
-their length cap, passing every string through :func:`safety.clean_text` and
-the leak guard. Item ids are kept only when they are in the candidate set.
+their length cap, passing every string through :func:`safety.clean_text`
+(normalisation, markup, links, personal data) and the leak guard (canary,
+system prompt, and, when bound to the call, grounding). Item ids are kept
+only when they are in the candidate set.
 Any violation raises :class:`InvalidOutput` (or a subclass) with a short
 reason that never quotes the output.
 """
@@ -105,7 +107,8 @@ class Fields:
         out: list[str] = []
         for i, item in enumerate(value[: max_items * 2]):
             text = clean_text(item, max_chars=max_chars, field=f"{self._name(key)}[{i}]")
-            self.guard.check(text, field=self._name(key))
+            # tags, not prose: ids and users are checked, claims are not
+            self.guard.check(text, field=self._name(key), claims=False)
             if text and text not in out:
                 out.append(text)
         return tuple(out[:max_items])
@@ -174,7 +177,7 @@ class Fields:
                 continue
             name = clean_text(str(k), max_chars=40, field=self._name(key))
             text = clean_text(str(v), max_chars=max_chars, field=f"{self._name(key)}.{name}")
-            self.guard.check(name + " " + text, field=self._name(key))
+            self.guard.check(name + " " + text, field=self._name(key), claims=False)
             if name and text:
                 out[name] = text
         return out

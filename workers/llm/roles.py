@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from workers.llm import metrics
 from workers.llm.deadline import Deadline, DeadlineLike
 from workers.llm.errors import InvalidOutput, LLMError, UnsafeOutput
+from workers.llm.grounding import Grounding
 from workers.llm.pool import ChatRequest, Completion, LLMPool, Usage
 from workers.llm.prompts import (
     ALL_ROLES,
@@ -51,7 +52,7 @@ from workers.llm.prompts import (
     system_prompt,
     with_usage,
 )
-from workers.llm.safety import LeakGuard
+from workers.llm.safety import Embedder, LeakGuard
 from workers.llm.settings import LLMSettings
 from workers.llm.tokens import estimate_request
 
@@ -180,7 +181,8 @@ class _Batcher(Generic[R]):
             try:
                 from workers.llm.parsing import Fields
 
-                ctx = ParseContext(clean["tasks"][name], llm._guard(spec))
+                part = clean["tasks"][name]
+                ctx = ParseContext(part, llm._guard(spec).bound(Grounding.from_data(part)))
                 value = spec.parse_object(Fields(results.get(name), ctx.guard), ctx)
                 _settle(p.future, with_usage(value, share))
             except InvalidOutput as exc:
@@ -210,8 +212,11 @@ def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
 class LLM:
     """The role helpers callers use; see the package docstring for an example."""
 
-    def __init__(self, pool: LLMPool, *, seed: int = 0) -> None:
+    def __init__(self, pool: LLMPool, *, seed: int = 0, embedder: Embedder | None = None) -> None:
+        """``embedder`` (texts -> L2-normalised vectors, e.g. the MiniLM
+        ``TextEncoder.encode``) turns on the paraphrased-system-prompt check."""
         self.pool = pool
+        self._embedder = embedder
         self.settings: LLMSettings = pool.settings
         self._seed = seed
         self._tasks: set[asyncio.Task[None]] = set()
@@ -221,6 +226,7 @@ class LLM:
             (name, batch): LeakGuard(
                 [canary] if canary else [],
                 [system_prompt(spec, preamble=self.settings.system_preamble, batch=batch)],
+                embedder=embedder,
             )
             for name, spec in ALL_ROLES.items()
             for batch in (False, True)
@@ -240,7 +246,11 @@ class LLM:
         guard = self._guards.get((spec.name, batch))
         if guard is None:
             canary = self.settings.canary.reveal()
-            guard = LeakGuard([canary] if canary else [], [system_prompt(spec, batch=batch)])
+            guard = LeakGuard(
+                [canary] if canary else [],
+                [system_prompt(spec, batch=batch)],
+                embedder=self._embedder,
+            )
             self._guards[(spec.name, batch)] = guard
         return guard
 
@@ -255,7 +265,8 @@ class LLM:
         """One role call: build, send, validate; one repair on invalid output."""
         dl = Deadline.coerce(deadline)
         messages, clean = build_messages(spec, data, **self._prompt_kwargs())
-        ctx = ParseContext(clean, self._guard(spec))
+        # free text may only name what this call's data holds
+        ctx = ParseContext(clean, self._guard(spec).bound(Grounding.from_data(clean)))
         max_tokens = min(spec.max_output_tokens, self.settings.max_output_tokens)
         request = ChatRequest(
             spec.name, messages, max_tokens=max_tokens, temperature=self.settings.temperature

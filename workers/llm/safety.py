@@ -1,93 +1,50 @@
 """Safety at the LLM edge: redact personal data, fence user text, distrust output.
 
-* :func:`redact` replaces e-mail addresses, card numbers (Luhn-checked),
-  phone numbers, US social security numbers, IBANs and street addresses with
+* :func:`redact` (from :mod:`workers.llm.pii`) replaces personal data with
   typed placeholders before any text leaves the process (OWASP LLM02).
 * :func:`fence` turns user- and catalog-supplied data into one JSON block
   inside ``<data>`` tags, with ``<``, ``>`` and ``&`` escaped so the data can
   never close the fence; instructions only ever live in the system message
   and say that fenced content is data, not instructions (OWASP LLM01).
-* :func:`clean_text` treats model output as untrusted (OWASP LLM05): active
-  markup (script, event handlers, ``javascript:`` URLs, iframes) is rejected,
-  other tags are stripped, control characters removed and length capped.
-* :class:`LeakGuard` refuses output that carries the canary token (also
-  reversed, spaced out, base64 or hex) or a long verbatim run of the system
-  prompt: the signs that a prompt injection worked.
+* :func:`clean_text` treats model output as untrusted (OWASP LLM05). It
+  checks the *normalised* text (:mod:`workers.llm.normalize`: entities
+  decoded, NFKC, zero-width and C0/C1 controls dropped) and refuses active
+  markup, links in any form (schemes, ``www.``, bare domains, IP addresses,
+  defanged ``hxxp``/``[.]``) and personal data; other tags are stripped and
+  the length is capped. What it returns is the normalised text.
+* :class:`LeakGuard` refuses output that carries the canary token (plain,
+  look-alike letters, entities, reversed, spaced, base64/32, hex, rot13), a
+  verbatim run of :data:`SHINGLE_WORDS` words of the system prompt, talk
+  about the prompt itself ("my instructions", "system prompt", in several
+  languages), or, given an embedder, text whose embedding is close to the
+  system prompt's (paraphrase, translation, summary). Bound to a call's
+  :class:`~workers.llm.grounding.Grounding` it also refuses ungrounded text.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import orjson
 
 from workers.llm.errors import UnsafeOutput
+from workers.llm.grounding import Grounding
+from workers.llm.normalize import normalize, skeleton
+from workers.llm.pii import find_pii, redact, redact_tree
 
-__all__ = ["LeakGuard", "clean_text", "fence", "redact"]
-
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
-_CARD = re.compile(r"(?<!\d)(?:\d[ \-]?){12,18}\d(?!\d)")
-_SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-# Phone numbers: an optional +country code, then 9+ digits in groups; needs a
-# separator or a + so that plain long ids and years are left alone.
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?)?\d{2,5}(?:[ .\-]\d{2,6}){1,4}(?!\w)"
-    r"|\+\d{9,15}(?!\d)"
-)
-_STREET_WORDS = (
-    "street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|"
-    "terrace|parkway|pkwy|square|sq|highway|hwy|strasse|straße|rue|via|calle"
-)
-_ADDRESS = re.compile(
-    rf"\b\d{{1,5}}[A-Za-z]?\s+(?:[A-Za-zÀ-ÿ'.\-]+\s+){{0,4}}(?:{_STREET_WORDS})\b\.?"
-    r"(?:,?\s*(?:apt|apartment|suite|unit|#)\s*[\w\-]+)?",
-    re.IGNORECASE,
-)
-
-
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return "[CARD]" if 13 <= len(digits) <= 19 and _luhn_ok(digits) else match.group(0)
-
-
-def _phone(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return "[PHONE]" if len(digits) >= 9 else match.group(0)
-
-
-def redact(text: str) -> str:
-    """``text`` with personal data replaced by ``[EMAIL]``, ``[CARD]``, ``[PHONE]``..."""
-    text = _EMAIL.sub("[EMAIL]", text)
-    text = _CARD.sub(_card, text)
-    text = _SSN.sub("[SSN]", text)
-    text = _IBAN.sub("[IBAN]", text)
-    text = _PHONE.sub(_phone, text)
-    return _ADDRESS.sub("[ADDRESS]", text)
-
-
-def redact_tree(value: Any) -> Any:
-    """:func:`redact` applied to every string in a JSON-like tree (keys kept)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: redact_tree(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_tree(v) for v in value]
-    return value
+__all__ = [
+    "Embedder",
+    "LeakGuard",
+    "clean_text",
+    "fence",
+    "find_link",
+    "redact",
+    "redact_tree",
+]
 
 
 def fence(data: Any) -> str:
@@ -109,26 +66,62 @@ _ACTIVE_MARKUP = re.compile(
 )
 _TAG = re.compile(r"</?[A-Za-z][^<>]{0,500}>|<!--.*?-->", re.DOTALL)
 _MD_IMAGE_OR_LINK = re.compile(r"!?\[([^\]]{0,500})\]\([^)]{0,2000}\)")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _WS = re.compile(r"\s+")
+
+# Top-level domains that make "word.tld" a link; short on purpose ("Node.js",
+# "St.Louis" and "e.g." must stay text), long enough for what attackers use.
+_TLDS = (
+    "com|net|org|edu|gov|mil|int|info|biz|name|pro|io|co|ai|app|dev|me|tv|ly|gg|sh|to|cc|ws|"
+    "xyz|top|site|online|store|shop|club|click|link|live|zip|mov|icu|buzz|work|tk|ml|ga|cf|gq|"
+    "ru|su|cn|uk|de|fr|es|it|nl|be|ch|at|se|no|dk|fi|pl|cz|ua|br|in|jp|kr|au|nz|ca|us|eu|"
+    "example|test|invalid|local|localhost|onion|lol|wtf|fun|page|host|space|tech|cloud"
+)
+_DOT = r"(?:\.|\[\s*\.\s*\]|\(\s*\.\s*\)|\{\s*\.\s*\}|\[\s*dot\s*\]|\(\s*dot\s*\)|\s+dot\s+)"
+_LINK = re.compile(
+    r"\b[a-z][a-z0-9+.\-]{1,20}\s*:\s*//"  # any scheme
+    r"|\bh[tx]{2}ps?\b|\bf[tx]p\b|\bmailto\s*:"  # http/hxxp/ftp without "://", mailto
+    r"|(?<![\w.])//\s*[a-z0-9\-]+\."  # protocol-relative
+    rf"|\bwww\d{{0,3}}\s*{_DOT}"
+    r"|\[\s*\.\s*\]|\(\s*\.\s*\)|\{\s*\.\s*\}|\[\s*dot\s*\]|\(\s*dot\s*\)|\[\s*:\s*\]"  # defanged
+    rf"|(?<![\w@\-])(?:[a-z0-9](?:[a-z0-9\-]{{0,62}}[a-z0-9])?{_DOT})+(?:{_TLDS})\b(?![\-])"
+    r"|(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"  # IPv4
+    r"|\[?(?:[0-9a-f]{1,4}:){2,7}:?[0-9a-f]{0,4}\]?(?=[/\s]|$)",  # IPv6 in a URL or bare
+    re.IGNORECASE,
+)
+
+
+def find_link(text: str) -> bool:
+    """Whether ``text`` holds a link in any form (normalised and look-alike views)."""
+    norm = normalize(text)
+    if _LINK.search(norm):
+        return True
+    skel = skeleton(norm)
+    return skel != norm.lower() and bool(_LINK.search(skel))
 
 
 def clean_text(value: object, *, max_chars: int, field: str) -> str:
-    """Model-produced text made safe to show: plain, short, no active markup.
+    """Model-produced text made safe to show: plain, short, no markup, links or PII.
 
-    Raises :class:`UnsafeOutput` for active markup and returns the text with
-    other tags and markdown links flattened to their words, control and
-    bidi-override characters removed, whitespace collapsed and the length
-    capped at ``max_chars`` (cut at a word, marked with an ellipsis).
+    The checks run on the normalised text, which is also what is returned.
+    Raises :class:`UnsafeOutput` for active markup, a link or personal data;
+    returns the text with other tags and markdown brackets flattened to their
+    words, whitespace collapsed and the length capped at ``max_chars`` (cut
+    at a word, marked with an ellipsis).
     """
     if not isinstance(value, str):
         raise UnsafeOutput(f"{field}: expected text, got {type(value).__name__}")
-    if _ACTIVE_MARKUP.search(value):
+    text = normalize(value)
+    if _ACTIVE_MARKUP.search(text) or (
+        not text.isascii() and _ACTIVE_MARKUP.search(skeleton(text))
+    ):
         raise UnsafeOutput(f"{field}: active markup in model output")
-    text = _MD_IMAGE_OR_LINK.sub(r"\1", value)
+    if find_link(text):
+        raise UnsafeOutput(f"{field}: a link in model output")
+    if find_pii(text):
+        raise UnsafeOutput(f"{field}: personal data in model output")
+    text = _MD_IMAGE_OR_LINK.sub(r"\1", text)
     text = _TAG.sub(" ", text)
     text = text.replace("<", "‹").replace(">", "›")
-    text = _CONTROL.sub("", text)
     text = _WS.sub(" ", text).strip()
     if len(text) > max_chars:
         cut = text[: max_chars - 1]
@@ -138,18 +131,63 @@ def clean_text(value: object, *, max_chars: int, field: str) -> str:
 
 
 _ALNUM = re.compile(r"[^0-9a-z]")
-# A verbatim run of this many words from the system prompt counts as a leak.
-_SHINGLE_WORDS: Final = 10
+#: a verbatim run of this many words of the system prompt counts as a leak
+#: (10 let a prompt through in chunks of 9; 6 words of our prompts do not
+#: occur in a normal explanation)
+SHINGLE_WORDS: Final = 6
+#: cosine similarity to the system prompt (or one of its sentences) above
+#: which an output counts as a paraphrase of it (all-MiniLM-L6-v2)
+EMBED_THRESHOLD: Final = 0.6
+# Talk about the prompt itself: nothing a recommendation needs to say.
+_META = re.compile(
+    r"\bsystem\s*(?:prompt|message|instructions?)\b|\bprompt\s+(?:says|reads|is)\b"
+    r"|\b(?:my|these|the above|your|hidden|secret|original|initial)\s+"
+    r"(?:instructions|rules|directives|guidelines|prompt)\b"
+    r"|\bi\s+(?:was|am|have been|'ve been)\s+"
+    r"(?:told|instructed|asked|programmed|configured)\b"
+    r"|\b(?:confidential|secret|hidden)\s+(?:marker|token|canary)\b"
+    r"|\bdeveloper\s+mode\b|\bdata\s+fence\b|<\s*/?\s*data\s*>"
+    r"|\bcomponent of a recommender\b|\btreat everything in it as data\b"
+    r"|\bmes\s+(?:instructions|consignes|r[eè]gles)\b|\bles\s+consignes\b|\binvite\s+syst[eè]me\b"
+    r"|\bmarqueur\s+confidentiel\b|\bmis\s+instrucciones\b|\bindicaciones\s+del\s+sistema\b"
+    r"|\bmarcador\s+confidencial\b|\bmeine\s+anweisungen\b|\bsystem(?:anweisung|nachricht)\w*\b"
+    r"|\bvertrauliche\w*\s+markierung\b|\ble\s+mie\s+istruzioni\b|\bistruzioni\s+di\s+sistema\b",
+    re.IGNORECASE,
+)
+
+#: text -> L2-normalised embeddings, one row per text (e.g.
+#: ``workers.model.text_encoder.TextEncoder.encode``)
+Embedder = Callable[[Sequence[str]], Any]
 
 
 def _squash(text: str) -> str:
-    return _ALNUM.sub("", text.lower())
+    return _ALNUM.sub("", skeleton(text))
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in (_ALNUM.sub("", w) for w in skeleton(text).split()) if w]
+
+
+def _rot13(text: str) -> str:
+    return codecs.encode(text, "rot13")
 
 
 class LeakGuard:
-    """Detects secrets of the prompt showing up in model output."""
+    """Detects secrets of the prompt showing up in model output.
 
-    def __init__(self, canaries: Iterable[str] = (), system_prompts: Iterable[str] = ()) -> None:
+    ``embedder`` (optional) turns on the paraphrase check; the verbatim,
+    canary and meta-talk checks are always on. :meth:`bound` gives a guard
+    for one call that also checks grounding.
+    """
+
+    def __init__(
+        self,
+        canaries: Iterable[str] = (),
+        system_prompts: Iterable[str] = (),
+        *,
+        embedder: Embedder | None = None,
+        embed_threshold: float = EMBED_THRESHOLD,
+    ) -> None:
         forms: set[str] = set()
         for canary in canaries:
             if not canary:
@@ -158,6 +196,7 @@ class LeakGuard:
             for variant in (
                 canary,
                 canary[::-1],
+                _rot13(canary),
                 base64.b64encode(raw).decode().rstrip("="),
                 base64.b32encode(raw).decode().rstrip("="),
                 raw.hex(),
@@ -166,26 +205,65 @@ class LeakGuard:
                 if len(squashed) >= 6:
                     forms.add(squashed)
         self._forms = tuple(forms)
-        shingles: set[str] = set()
+        self._shingles: set[str] = set()
+        self._prompts: list[str] = []
+        self._canaries = tuple(c for c in canaries if c)
         for prompt in system_prompts:
-            words = [w for w in (_squash(w) for w in prompt.split()) if w]
-            for i in range(len(words) - _SHINGLE_WORDS + 1):
-                shingles.add("".join(words[i : i + _SHINGLE_WORDS]))
-        self._shingles = shingles
+            self.add_system_prompt(prompt)
+        self._embedder = embedder
+        self._embed_threshold = embed_threshold
+        self._prompt_vectors: Any = None
+        self._grounding: Grounding | None = None
 
     def add_system_prompt(self, prompt: str) -> None:
-        words = [w for w in (_squash(w) for w in prompt.split()) if w]
-        for i in range(len(words) - _SHINGLE_WORDS + 1):
-            self._shingles.add("".join(words[i : i + _SHINGLE_WORDS]))
+        words = _words(prompt)
+        for i in range(len(words) - SHINGLE_WORDS + 1):
+            self._shingles.add(" ".join(words[i : i + SHINGLE_WORDS]))
+        self._prompts.append(prompt)
+        self._prompt_vectors = None
 
-    def check(self, text: str, *, field: str = "output") -> None:
-        """Raise :class:`UnsafeOutput` if ``text`` leaks a canary or the system prompt."""
-        squashed = _squash(text)
+    def bound(self, grounding: Grounding | None) -> LeakGuard:
+        """This guard, sharing its state, that also checks ``grounding`` on every text."""
+        guard = object.__new__(LeakGuard)
+        guard.__dict__.update(self.__dict__)
+        guard._grounding = grounding
+        return guard
+
+    def check(self, text: str, *, field: str = "output", claims: bool = True) -> None:
+        """Raise :class:`UnsafeOutput` if ``text`` leaks the prompt or is not grounded.
+
+        ``claims`` is passed on to :meth:`Grounding.check` (False for tags).
+        """
+        skel = skeleton(text)
+        squashed = _ALNUM.sub("", skel)
         for form in self._forms:
             if form in squashed:
                 raise UnsafeOutput(f"{field}: canary token leaked")
+        if _META.search(skel) or (not text.isascii() and _META.search(normalize(text))):
+            raise UnsafeOutput(f"{field}: talks about its instructions")
         if self._shingles:
-            words = [w for w in (_squash(w) for w in text.split()) if w]
-            for i in range(len(words) - _SHINGLE_WORDS + 1):
-                if "".join(words[i : i + _SHINGLE_WORDS]) in self._shingles:
+            words = [w for w in (_ALNUM.sub("", w) for w in skel.split()) if w]
+            for i in range(len(words) - SHINGLE_WORDS + 1):
+                if " ".join(words[i : i + SHINGLE_WORDS]) in self._shingles:
                     raise UnsafeOutput(f"{field}: system prompt leaked")
+            if self._embedder is not None and len(words) >= 5:
+                self._check_embedding(text, field)
+        if self._grounding is not None:
+            self._grounding.check(text, field=field, claims=claims)
+
+    def _check_embedding(self, text: str, field: str) -> None:
+        import numpy as np
+
+        assert self._embedder is not None
+        if self._prompt_vectors is None:
+            pieces: list[str] = []
+            for prompt in self._prompts:
+                public = prompt
+                for canary in self._canaries:
+                    public = public.replace(canary, "")
+                pieces.append(public)
+                pieces.extend(p for p in re.split(r"(?<=[.:])\s+|\n", public) if len(p) > 30)
+            self._prompt_vectors = np.asarray(self._embedder(pieces), dtype=np.float32)
+        vector = np.asarray(self._embedder([text]), dtype=np.float32)[0]
+        if float(np.max(self._prompt_vectors @ vector)) >= self._embed_threshold:
+            raise UnsafeOutput(f"{field}: paraphrases the system prompt")
