@@ -42,7 +42,7 @@ from contracts import CODECS, Interaction, RecommendationRequest, topics
 from streams.kafka import ensure_topics, topic_reader
 from streams.replay import ml100k_events, ml100k_folder
 from workers.resources import RedisResource
-from workers.scoring import open_scorer
+from workers.scoring import ModelScorer
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,7 +322,7 @@ async def _latency_at_rate(
 async def naive_requests(settings: Settings, users: list[str], n: int) -> float:
     """Per request: separate Redis reads, candidates, one model call with B=1."""
     rng = np.random.default_rng(2)
-    async with open_scorer(settings.model) as scorer, RedisResource(settings.redis) as redis:
+    async with ModelScorer(settings.model) as scorer, RedisResource(settings.redis) as redis:
         items = scorer.known_items()
         started = time.perf_counter()
         for _ in range(n):

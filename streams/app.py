@@ -1,4 +1,4 @@
-"""The faust app: one agent per input topic of the selected roles.
+"""The faust app: one agent per selected role (workers.roles), each on the role's topic.
 
 Each agent takes raw bytes in micro-batches (``noack_take``: nothing is acked
 until we say so), decodes them with the contracts codecs, hands the valid
@@ -32,23 +32,14 @@ from contracts import CODECS, DecodeError, Event, RecstreamError, topics
 from streams.deadletter import dead_letter
 from streams.kafka import KafkaProducerResource
 from streams.metrics import METRICS
-from workers.pipeline import Output, Pipeline
+from workers.outputs import Output
+from workers.roles import Role, consumer_group
+from workers.runtime import Handler
 from workers.settings import Settings
 
-__all__ = ["ROLES", "ROLE_TOPICS", "BatchProcessor", "Health", "RecstreamApp", "create_app"]
+__all__ = ["BatchProcessor", "Health", "RecstreamApp", "create_app"]
 
 logger = logging.getLogger(__name__)
-
-ROLE_TOPICS: dict[str, str] = {
-    "interactions": topics.INTERACTIONS,
-    "catalog": topics.CATALOG,
-    "requests": topics.REQUESTS,
-    "chat": topics.CHAT,
-}
-ROLES = (*ROLE_TOPICS, "all")
-
-Handler = Callable[[Sequence[Any]], Awaitable[list[Output]]]
-
 
 # Infrastructure errors that pass: retry the batch (without acking) rather than
 # dead-letter valid input. Anything else that is not a RecstreamError is a bug.
@@ -62,36 +53,37 @@ MAX_FUTURE_SKEW_MS = 3600 * 1000
 
 @dataclass
 class Health:
-    """Liveness/readiness facts, per input topic (agents never mask each other)."""
+    """Liveness/readiness facts, per role (agents never mask each other)."""
 
     ready: bool = False
     in_flight_since: dict[str, float] = field(default_factory=dict)
     retrying: dict[str, str] = field(default_factory=dict)
 
     def stalled(self, after_s: float) -> list[str]:
-        """Topics whose batch has been in hand longer than ``after_s`` without a retry
+        """Roles whose batch has been in hand longer than ``after_s`` without a retry
         loop to explain it: a stuck consumer (a dependency outage shows in readiness)."""
         now = time.monotonic()
         return [
-            topic
-            for topic, since in self.in_flight_since.items()
-            if now - since > after_s and topic not in self.retrying
+            role
+            for role, since in self.in_flight_since.items()
+            if now - since > after_s and role not in self.retrying
         ]
 
 
 class BatchProcessor:
-    """Decode -> pipeline -> send -> (caller acks). Independent of faust's types."""
+    """Decode -> role handler -> send -> (caller acks). Independent of faust's types."""
 
-    def __init__(self, pipeline: Pipeline, producer: KafkaProducerResource, health: Health) -> None:
-        self.pipeline = pipeline
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        producer: KafkaProducerResource,
+        health: Health,
+        settings: Settings,
+    ) -> None:
+        self.handlers = handlers
         self.producer = producer
         self.health = health
-        self.handlers: dict[str, Handler] = {
-            topics.INTERACTIONS: pipeline.on_interactions,
-            topics.CATALOG: pipeline.on_catalog,
-            topics.REQUESTS: pipeline.on_requests,
-            topics.CHAT: pipeline.on_chat,
-        }
+        self.settings = settings
 
     def _decode(
         self, topic: str, records: Sequence[Any]
@@ -114,13 +106,14 @@ class BatchProcessor:
                 valid_records.append(r)
         return valid, valid_records, dead
 
-    async def process(self, topic: str, records: Sequence[Any]) -> None:
-        """Process records (objects with topic/partition/offset/key/value) of one topic."""
+    async def process(self, role: Role, records: Sequence[Any]) -> None:
+        """Process records (objects with topic/partition/offset/key/value) of one role."""
         started = time.perf_counter()
-        self.health.in_flight_since[topic] = time.monotonic()
+        topic = role.consumes
+        self.health.in_flight_since[role.name] = time.monotonic()
         valid, valid_records, dead = self._decode(topic, records)
-        outputs = await self._run(topic, valid, valid_records)
-        await self._send(topic, outputs + dead)
+        outputs = await self._run(role.name, valid, valid_records)
+        await self._send(role.name, outputs + dead)
         n_dead = len(dead) + sum(o.topic == topics.DEAD_LETTERS for o in outputs)
         METRICS.events_in.labels(topic).inc(len(records))
         METRICS.dead_letters.labels(topic).inc(n_dead)
@@ -130,14 +123,14 @@ class BatchProcessor:
             total = getattr(o.event, "timings_ms", {}).get("total")
             if total is not None:
                 METRICS.latency.labels(o.topic).observe(total / 1000)
-        self.health.in_flight_since.pop(topic, None)
+        self.health.in_flight_since.pop(role.name, None)
         spans: dict[int, list[int]] = {}
         for r in records:
             span = spans.setdefault(r.partition, [r.offset, r.offset])
             span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
         logger.info(
-            "batch topic=%s offsets=%s in=%d valid=%d dead=%d out=%d ms=%.1f",
-            topic,
+            "batch role=%s offsets=%s in=%d valid=%d dead=%d out=%d ms=%.1f",
+            role.name,
             ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(spans.items())),
             len(records),
             len(valid),
@@ -146,15 +139,15 @@ class BatchProcessor:
             (time.perf_counter() - started) * 1000,
         )
 
-    async def _run(self, topic: str, valid: list[Event], records: Sequence[Any]) -> list[Output]:
+    async def _run(self, role: str, valid: list[Event], records: Sequence[Any]) -> list[Output]:
         if not valid:
             return []
-        handler = self.handlers[topic]
+        handler = self.handlers[role]
         delay = 0.1
         while True:
             try:
                 outputs = await handler(valid)
-                self.health.retrying.pop(topic, None)
+                self.health.retrying.pop(role, None)
                 return outputs
             except RecstreamError as exc:
                 if not exc.retriable:
@@ -165,17 +158,17 @@ class BatchProcessor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not kill the agent: park the batch
-                logger.exception("unexpected error on %s; dead-lettering the batch", topic)
+                logger.exception("unexpected error in role %s; dead-lettering the batch", role)
                 return [_dead(r, exc) for r in records]
-            self.health.retrying[topic] = reason
-            logger.warning("retriable error on %s, retrying in %.1fs: %s", topic, delay, reason)
+            self.health.retrying[role] = reason
+            logger.warning("retriable error in role %s, retrying in %.1fs: %s", role, delay, reason)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
 
-    async def _send(self, topic: str, outputs: list[Output]) -> None:
+    async def _send(self, role: str, outputs: list[Output]) -> None:
         """Send and wait for every ack; retry only the sends that failed, only on
         Kafka errors (anything else is a bug and must not loop forever)."""
-        settings = self.pipeline.settings.kafka
+        settings = self.settings.kafka
         pending = [
             (settings.topic(o.topic), o.key, CODECS[o.topic].encode(o.event)) for o in outputs
         ]
@@ -192,14 +185,14 @@ class BatchProcessor:
                 if not isinstance(error, KafkaError):
                     raise error
             if failed:
-                self.health.retrying[f"{topic}:send"] = f"{type(errors[0]).__name__}: {errors[0]}"
+                self.health.retrying[f"{role}:send"] = f"{type(errors[0]).__name__}: {errors[0]}"
                 logger.warning(
                     "%d sends failed, retrying in %.1fs: %s", len(failed), delay, errors[0]
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             else:
-                self.health.retrying.pop(f"{topic}:send", None)
+                self.health.retrying.pop(f"{role}:send", None)
             pending = failed
 
 
@@ -249,13 +242,12 @@ class RecstreamApp(faust.App):
 
 def create_app(
     settings: Settings,
-    roles: Sequence[str],
+    roles: Sequence[Role],
     processor_factory: Callable[[], Awaitable[BatchProcessor]],
     health: Health,
 ) -> RecstreamApp:
-    """A faust app consuming the roles' topics; one consumer group per role set."""
-    role_set = sorted(ROLE_TOPICS) if "all" in roles else sorted(set(roles))
-    group = f"{settings.stream.group_prefix}-{'-'.join(role_set) if len(role_set) < 4 else 'all'}"
+    """A faust app with one agent per role, in the roles' consumer group."""
+    group = consumer_group(settings.stream.group_prefix, roles)
     app = RecstreamApp(
         group,
         broker=[f"kafka://{h}" for h in settings.kafka.bootstrap_servers.split(",")],
@@ -291,15 +283,14 @@ def create_app(
         health.ready = True
         return proc
 
-    for role in role_set:
-        contract_topic = ROLE_TOPICS[role]
-        source = app.topic(settings.kafka.topic(contract_topic), value_type=bytes, key_type=bytes)
+    for role in roles:
+        source = app.topic(settings.kafka.topic(role.consumes), value_type=bytes, key_type=bytes)
 
-        async def agent(stream: Any, contract_topic: str = contract_topic) -> None:
+        async def agent(stream: Any, role: Role = role) -> None:
             proc = await processor()
             async for events in stream.noack_take(settings.stream.batch_max, within):
                 records = [e.message for e in events]
-                task = asyncio.ensure_future(proc.process(contract_topic, records))
+                task = asyncio.ensure_future(proc.process(role, records))
                 try:
                     await asyncio.shield(task)
                 except asyncio.CancelledError:
@@ -315,7 +306,7 @@ def create_app(
                     await stream.ack(e)
                 _record_lag(app, events)
 
-        app.agent(source, name=f"{role}-agent")(agent)
+        app.agent(source, name=f"{role.name}-agent")(agent)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

@@ -9,9 +9,10 @@ import sys
 
 import faust
 
-from streams.app import ROLES, BatchProcessor, Health, create_app
+from streams.app import BatchProcessor, Health, create_app
 from streams.kafka import KafkaProducerResource, ensure_topics
-from workers.pipeline import Pipeline
+from workers.roles import ALL, ROLES, Role, resolve
+from workers.runtime import Runtime
 from workers.settings import Settings
 
 __all__ = ["main", "run_worker"]
@@ -19,10 +20,8 @@ __all__ = ["main", "run_worker"]
 logger = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, roles: list[str], *, loglevel: str = "INFO") -> int:
+def run_worker(settings: Settings, roles: list[Role], *, loglevel: str = "INFO") -> int:
     """Build the app for ``roles`` and run it until SIGTERM/SIGINT."""
-    from workers.scoring import open_scorer  # the model runtime (onnxruntime), loaded once
-
     health = Health()
     stack = contextlib.AsyncExitStack()
 
@@ -31,12 +30,17 @@ def run_worker(settings: Settings, roles: list[str], *, loglevel: str = "INFO") 
         # closed at once (faust restarts the agent, which calls us again).
         async with contextlib.AsyncExitStack() as opening:
             await ensure_topics(settings.kafka)
-            scorer = await opening.enter_async_context(open_scorer(settings.model))
-            pipeline = await opening.enter_async_context(Pipeline(settings, scorer))
+            runtime = await opening.enter_async_context(Runtime(settings, roles))
             producer = await opening.enter_async_context(KafkaProducerResource(settings.kafka))
             stack.push_async_callback(opening.pop_all().aclose)
-        logger.info("worker ready: roles=%s model=%s", roles, scorer.version)
-        return BatchProcessor(pipeline, producer, health)
+        logger.info(
+            "worker ready: roles=%s model=%s llm=%s",
+            [r.name for r in roles],
+            runtime.scorer.version,
+            "on" if runtime.llm is not None else "off",
+        )
+        handlers = {r.name: runtime.handler(r.name) for r in roles}
+        return BatchProcessor(handlers, producer, health, settings)
 
     app = create_app(settings, roles, factory, health)
     app.closers.append(stack.aclose)
@@ -53,15 +57,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="recstream worker",
         description="Consume input topics and emit recommendations. Each role is its own "
-        "consumer group (scale roles apart); 'all' runs every role in one process. Exposes "
+        "consumer group (scale roles apart); several roles in one process share one group; "
+        "'all' runs every role in one process. Exposes "
         "/healthz, /readyz and /metrics on 127.0.0.1:$RECSTREAM_WEB_PORT (default 6066).",
     )
+    roles_help = "; ".join(f"{r.name}: {r.description}" for r in ROLES.values())
     parser.add_argument(
         "--role",
         action="append",
-        choices=ROLES,
+        choices=[*ROLES, ALL],
         required=True,
-        help="role(s) to run; repeat for several",
+        help=f"role(s) to run; repeat for several, or '{ALL}'. {roles_help}",
     )
     parser.add_argument("--web-port", type=int, default=None, help="override RECSTREAM_WEB_PORT")
     args = parser.parse_args(argv)
@@ -73,4 +79,4 @@ def main(argv: list[str]) -> int:
             settings, stream=dataclasses.replace(settings.stream, web_port=args.web_port)
         )
     sys.argv = [sys.argv[0]]  # faust's worker parses argv; ours is already parsed
-    return run_worker(settings, args.role, loglevel=settings.log_level)
+    return run_worker(settings, resolve(args.role), loglevel=settings.log_level)

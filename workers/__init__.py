@@ -2,7 +2,8 @@
 
 The data flow is one way: decode -> state -> policy -> candidates -> score ->
 (LLM) -> encode. ``streams`` is the only package that talks to Kafka; it
-hands decoded events to the pipeline here and sends what comes back.
+hands decoded events to the role handlers that ``workers.runtime`` builds and
+sends what comes back.
 """
 
 from workers.errors import (

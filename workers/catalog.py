@@ -1,6 +1,7 @@
 """The item catalog: Redis is the shared truth, each process keeps a view.
 
-    <prefix>:item:{<id>}      hash  title, description, attributes (JSON), ts, deleted
+    <prefix>:item:{<id>}      hash  title, description, attributes (JSON), ts, deleted,
+                                    features (JSON, LLM-extracted) + features_ts
     <prefix>:catalog:seq      int   bumped by every applied change
     <prefix>:catalog:log      zset  item id -> seq of its last change (what changed since N)
     <prefix>:catalog:fresh    zset  item id -> event time it was first upserted
@@ -71,6 +72,12 @@ def item_text(
     genre_list = [str(g) for g in genres] if isinstance(genres, list | tuple) else []
     year_part = f" ({year})" if year else ""
     text = f"{title or ''}{year_part}. Genres: {', '.join(genre_list) or 'unknown'}."
+    # Features an enrichment added (MovieLens items have none, so trained text is unchanged).
+    for name in ("themes", "mood", "audience", "keywords"):
+        value = attrs.get(name)
+        values = [str(v) for v in value] if isinstance(value, list | tuple) else [str(value or "")]
+        if any(values):
+            text += f" {name.capitalize()}: {', '.join(v for v in values if v)}."
     return f"{text} {description}" if description else text
 
 
@@ -83,6 +90,17 @@ def attribute_tokens(attributes: Mapping[str, object] | None) -> tuple[str, ...]
         values = value if isinstance(value, list | tuple) else [value]
         out += [f"{key}={v}" for v in values][:16]
     return tuple(out)
+
+
+# KEYS: item hash, seq, log. ARGV: ts of the enriched version, features JSON, item id.
+_ENRICH_LUA = """
+if redis.call('HGET', KEYS[1], 'deleted') ~= '0' then return 0 end
+if redis.call('HGET', KEYS[1], 'ts') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'features', ARGV[2], 'features_ts', ARGV[1])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], seq, ARGV[3])
+return seq
+"""
 
 
 @dataclass(slots=True)
@@ -101,6 +119,7 @@ class CatalogStore:
     def __init__(self, redis: RedisResource) -> None:
         self._redis = redis
         self._script = RedisScript(redis, _APPLY_LUA)
+        self._enrich_script = RedisScript(redis, _ENRICH_LUA)
 
     def item_key(self, item_id: str) -> str:
         return self._redis.key("item", "{" + item_id + "}")
@@ -143,6 +162,25 @@ class CatalogStore:
             raise state_store_error("catalog update failed", exc) from exc
         return sum(1 for r in replies if int(r) > 0)
 
+    async def enrich(self, item_id: str, ts_ms: int, features: Mapping[str, object]) -> bool:
+        """Attach LLM-extracted features to the item version ``ts_ms``; views reload it.
+
+        Features of an older version are ignored when read, so an edit made
+        while the LLM was busy is never mixed with features of the old text.
+        """
+        try:
+            reply = await self._enrich_script.run_many(
+                [
+                    (
+                        [self.item_key(item_id), self.seq_key, self.log_key],
+                        [ts_ms, orjson.dumps(dict(features)).decode(), item_id],
+                    )
+                ]
+            )
+        except RedisError as exc:
+            raise state_store_error("catalog enrichment failed", exc) from exc
+        return bool(int(reply[0]))
+
     async def seq(self) -> int:
         raw = await self._redis.client.get(self.seq_key)
         return int(raw or 0)
@@ -163,6 +201,9 @@ class CatalogStore:
                 continue
             deleted = raw.get(b"deleted") == b"1"
             attrs = orjson.loads(raw.get(b"attributes", b"{}")) if not deleted else {}
+            if not deleted and raw.get(b"features_ts") == raw.get(b"ts"):
+                for name, value in orjson.loads(raw.get(b"features", b"{}")).items():
+                    attrs.setdefault(name, value)  # the catalog's own attributes win
             title = raw.get(b"title", b"").decode()
             description = raw.get(b"description", b"").decode()
             out.append(

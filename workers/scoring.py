@@ -1,24 +1,24 @@
 """The model as the pipeline sees it: raw ids in, scores and neighbours out.
 
 Wraps :class:`workers.model.Scorer` (onnxruntime, its own thread) into the
-:class:`workers.pipeline.Scorer` protocol: ragged candidate lists, chronological
+:class:`workers.recommend.Scorer` protocol: ragged candidate lists, chronological
 raw-id histories, nearest neighbours in the joint (A-LLMRec) space, and new
 catalog items added from their text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from workers.model import Scorer
 from workers.model.settings import ModelSettings
+from workers.resources import Resource
 
-__all__ = ["ModelScorer", "open_scorer"]
+__all__ = ["ModelScorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +27,31 @@ logger = logging.getLogger(__name__)
 _UNKNOWN_SCORE = -1e9
 
 
-class ModelScorer:
-    """Adapter from the ONNX scorer to the pipeline's needs."""
+class ModelScorer(Resource):
+    """The ONNX model adapted to the recommendation logic; a :class:`Resource`
+    (``async with ModelScorer(settings)`` loads the model directory)."""
 
-    def __init__(self, scorer: Scorer) -> None:
-        self._scorer = scorer
-        # Rows past the trained ones were added at run time from text alone.
-        self._trained_rows = scorer.n_items
+    def __init__(self, settings: ModelSettings) -> None:
+        super().__init__()
+        self._settings = settings
+        self._trained_rows = 0
         self._unit: npt.NDArray[np.float32] | None = None
         self._raw_ids: list[str] = []
         self._unit_rows = 0
+        # Text of each item added at run time, to notice when it changes.
+        self._texts: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"ModelScorer(state={self.state.value}, model_dir={str(self._settings.model_dir)!r})"
+
+    async def _open(self) -> None:
+        self._scorer = Scorer.open(self._settings)
+        await self._scorer.start()
+        # Rows past the trained ones are added at run time from text alone.
+        self._trained_rows = self._scorer.n_items
+
+    async def _close(self) -> None:
+        await self._scorer.aclose()
 
     @property
     def version(self) -> str:
@@ -115,12 +130,52 @@ class ModelScorer:
             out.append(s)
         return out
 
+    async def similar_to_texts(
+        self, texts: Sequence[str], k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[tuple[str, float]]]:
+        """Items nearest (cosine in the joint space) to each free text, with the cosine."""
+        if not texts or k <= 0:
+            return [[] for _ in texts]
+        unit = self._unit_vectors()
+        queries = await self._scorer.joint_from_texts(texts)
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        sims = (queries / norms) @ unit.T
+        sims[:, 0] = -np.inf
+        row = self._scorer.row
+        for u, exclude in enumerate(excludes):
+            if exclude:
+                sims[u, [row(i) for i in exclude]] = -np.inf
+        k = min(k, sims.shape[1] - 1)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out: list[list[tuple[str, float]]] = []
+        for u in range(len(texts)):
+            order = top[u][np.argsort(-sims[u, top[u]], kind="stable")]
+            out.append(
+                [(self._raw_ids[r], float(sims[u, r])) for r in order if np.isfinite(sims[u, r])]
+            )
+        return out
+
     async def add_items(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
-        """Add items the model does not know, from their text (A-LLMRec's text path)."""
+        """Add items the model does not know, from their text (A-LLMRec's text path);
+        re-embed run-time items whose text changed (an edit, an LLM enrichment)."""
         new = [(i, t) for i, t in zip(item_ids, texts, strict=True) if not self._scorer.row(i)]
+        changed = [
+            (i, t)
+            for i, t in zip(item_ids, texts, strict=True)
+            if self.is_new(i) and self._texts.get(i) not in (None, t)
+        ]
         if new:
             await self._scorer.add_items([i for i, _ in new], [t for _, t in new])
             logger.info("model: %d new items added from text", len(new))
+        if changed:
+            await self._scorer.replace_text_items(
+                [i for i, _ in changed], [t for _, t in changed], first_row=self._trained_rows + 1
+            )
+            self._unit = None  # neighbours must see the new vectors
+            logger.info("model: %d run-time items re-embedded from new text", len(changed))
+        for i, t in (*new, *changed):
+            self._texts[i] = t
 
     def known_items(self) -> list[str]:
         """Every item id the model can score, in table order."""
@@ -138,10 +193,3 @@ class ModelScorer:
     def popular(self) -> list[str]:
         """Fallback popularity before any live counts exist: none is shipped, so empty."""
         return []
-
-
-@contextlib.asynccontextmanager
-async def open_scorer(settings: ModelSettings) -> AsyncIterator[ModelScorer]:
-    """Open the model directory of ``settings`` as a :class:`ModelScorer`."""
-    async with Scorer.open(settings) as scorer:
-        yield ModelScorer(scorer)

@@ -8,6 +8,19 @@ touches all of them, runs in one slot of a Redis Cluster:
     <prefix>:u:{<user>}:w    hash   item -> summed interaction weight (integers)
     <prefix>:u:{<user>}:d    zset   applied event ids -> time applied (dedupe, TTL)
     <prefix>:u:{<user>}:x    zset   consumed items -> event time (excluded from lists), bounded
+    <prefix>:u:{<user>}:t    string event time at which the user's current trigger window opened
+    <prefix>:u:{<user>}:o    zset   trigger causes that opened a window -> time applied (TTL)
+    <prefix>:u:{<user>}:dis  set    items the user turned down in chat (excluded like consumed)
+
+Triggers (events that may produce a recommendation list) are debounced in
+*event time* inside the same script: a new triggering event opens a window
+when its timestamp is at least ``debounce_ms`` past the current window's
+start; at most one cause per user and script call opens one (the latest). The
+causes that opened windows are remembered like event ids, so a redelivered
+cause is reported again (its list is re-emitted, same id) and a replayed
+event that did not open a window never does. Decisions depend on the events
+and their order only, never on wall-clock timing or batch boundaries beyond
+one call, and the decision is written atomically with the state it rests on.
 
 The script applies all of one user's events of a micro-batch at once and
 returns the ids it applied; an event id it has seen before changes nothing, so
@@ -37,23 +50,42 @@ __all__ = ["ApplyResult", "UserState", "UserStateStore"]
 
 logger = logging.getLogger(__name__)
 
-# KEYS: hist, counters, item weights, dedupe, excluded
-# ARGV: now_ms, dedupe_ttl_ms, dedupe_max, history_max, then 7 per event: event_id,
-#       item_id, kind, ts_ms, weight, in_history, excluded ("1"/"0")
+# KEYS: hist, counters, item weights, dedupe, excluded, window start, opened causes
+# ARGV: now_ms, dedupe_ttl_ms, dedupe_max, history_max, debounce_ms, then 8 per event:
+#       event_id, item_id, kind, ts_ms, weight, in_history, excluded, trigger ("1"/"0")
+# Returns {applied ids, causes to emit (a window opened now, or a redelivered opener)}.
 _APPLY_LUA = """
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local dmax = tonumber(ARGV[3])
 local hmax = tonumber(ARGV[4])
+local debounce = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - ttl)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - ttl)
 local applied = {}
+local emit = {}
+local opened_now = nil
 local pushed = false
-local i = 5
+local i = 6
 while i <= #ARGV do
   local eid, item, kind, ts = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
-  local weight, in_hist, excl = tonumber(ARGV[i+4]), ARGV[i+5], ARGV[i+6]
-  i = i + 7
-  if redis.call('ZADD', KEYS[4], 'NX', now, eid) == 1 then
+  local weight, in_hist, excl, trig = tonumber(ARGV[i+4]), ARGV[i+5], ARGV[i+6], ARGV[i+7]
+  i = i + 8
+  if redis.call('ZADD', KEYS[4], 'NX', now, eid) == 0 then
+    -- Seen before: it emits again only if it opened a window (a redelivery).
+    if trig == '1' and redis.call('ZSCORE', KEYS[7], eid) then emit[#emit + 1] = eid end
+  else
+    if trig == '1' then
+      local start = tonumber(redis.call('GET', KEYS[6]) or '')
+      if not start or ts >= start + debounce then
+        redis.call('SET', KEYS[6], ts, 'PX', ttl)
+        -- One opener per user and call: a later one supersedes an earlier one
+        -- of the same call, which then never emits (now or on redelivery).
+        if opened_now then redis.call('ZREM', KEYS[7], opened_now) end
+        redis.call('ZADD', KEYS[7], now, eid)
+        opened_now = eid
+      end
+    end
     if in_hist == '1' then
       redis.call('LREM', KEYS[1], 0, item)
       redis.call('LPUSH', KEYS[1], item)
@@ -75,7 +107,10 @@ local size = redis.call('ZCARD', KEYS[4])
 if size > dmax then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, size - dmax - 1) end
 local xsize = redis.call('ZCARD', KEYS[5])
 if xsize > hmax * 10 then redis.call('ZREMRANGEBYRANK', KEYS[5], 0, xsize - hmax * 10 - 1) end
-return applied
+local osize = redis.call('ZCARD', KEYS[7])
+if osize > dmax then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, osize - dmax - 1) end
+if opened_now then emit[#emit + 1] = opened_now end
+return {applied, emit}
 """
 
 
@@ -103,6 +138,9 @@ class ApplyResult:
     applied_events: tuple[Interaction, ...]
     duplicates: int
     users: int
+    # Trigger causes whose list is to be emitted: windows opened by this batch
+    # and redelivered causes that opened one before (their list is re-emitted).
+    triggered: tuple[Interaction, ...] = ()
 
     @property
     def applied(self) -> int:
@@ -163,7 +201,11 @@ class UserStateStore:
 
     def _keys(self, user_id: str) -> list[str]:
         tag = "{" + user_id + "}"
-        return [self._redis.key("u", tag, s) for s in ("h", "c", "w", "d", "x")]
+        return [self._redis.key("u", tag, s) for s in ("h", "c", "w", "d", "x", "t", "o")]
+
+    def disliked_key(self, user_id: str) -> str:
+        """Items the user turned down (in chat): excluded from every list, like consumed ones."""
+        return self._redis.key("u", "{" + user_id + "}", "dis")
 
     def pop_key(self, bucket: int | str) -> str:
         # One hash tag for all popularity keys: the batch script touches several
@@ -175,15 +217,28 @@ class UserStateStore:
         events: Sequence[Interaction],
         *,
         now_ms: int | None = None,
+        triggers: Callable[[Interaction], bool] | None = None,
+        debounce_ms: int = 0,
     ) -> ApplyResult:
-        """Apply a micro-batch atomically per user; return counts. Raises StateStoreError."""
+        """Apply a micro-batch atomically per user; return what it did.
+
+        ``triggers`` says which events may produce a list; with ``debounce_ms``
+        they are debounced in event time (see the module docstring). Raises
+        StateStoreError.
+        """
         if not events:
             return ApplyResult((), 0, 0)
         now = int(time.time() * 1000) if now_ms is None else now_ms
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in events:
             by_user[event.user_id].append(event)
-        head: list[str | int] = [now, c.DEDUPE_TTL_MS, c.DEDUPE_MAX_PER_USER, self._history_max]
+        head: list[str | int] = [
+            now,
+            c.DEDUPE_TTL_MS,
+            c.DEDUPE_MAX_PER_USER,
+            self._history_max,
+            max(debounce_ms, 0),
+        ]
         calls = []
         for user_id, user_events in by_user.items():
             args = list(head)
@@ -196,6 +251,7 @@ class UserStateStore:
                     event_weight(e),
                     "1" if e.kind in c.HISTORY_KINDS else "0",
                     "1" if e.kind in self._exclude_kinds else "0",
+                    "1" if triggers is not None and triggers(e) else "0",
                 ]
             calls.append((self._keys(user_id), args))
         try:
@@ -203,18 +259,24 @@ class UserStateStore:
             # Per user, and each applied id once: the same event twice in one
             # batch (a producer retry) is applied, and counted, once.
             applied: list[Interaction] = []
-            for user_events, reply in zip(by_user.values(), replies, strict=True):
-                fresh = set(reply)
+            triggered: list[Interaction] = []
+            for user_events, (applied_ids, emit_ids) in zip(by_user.values(), replies, strict=True):
+                fresh, emit = set(applied_ids), set(emit_ids)
                 for e in user_events:
                     key = e.event_id.encode()
                     if key in fresh:
                         fresh.discard(key)
                         applied.append(e)
+                    if key in emit:
+                        emit.discard(key)
+                        triggered.append(e)
             if applied:
                 await self._count_popularity(applied)
         except RedisError as exc:
             raise state_store_error("state update failed", exc) from exc
-        return ApplyResult(tuple(applied), len(events) - len(applied), len(by_user))
+        return ApplyResult(
+            tuple(applied), len(events) - len(applied), len(by_user), tuple(triggered)
+        )
 
     async def _count_popularity(self, applied: Sequence[Interaction]) -> None:
         counts: dict[tuple[int, str], int] = defaultdict(int)
@@ -241,20 +303,21 @@ class UserStateStore:
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
-                    hist, counters, weights_key, _, excluded = self._keys(user_id)
+                    hist, counters, weights_key, _, excluded, *_ = self._keys(user_id)
                     pipe.lrange(hist, 0, history - 1)
                     pipe.hgetall(counters)
                     if weights:
                         pipe.hgetall(weights_key)
                     pipe.zrange(excluded, 0, -1)
+                    pipe.smembers(self.disliked_key(user_id))
                 replies = await pipe.execute()
         except RedisError as exc:
             raise state_store_error("state read failed", exc) from exc
-        per_user = 4 if weights else 3
+        per_user = 5 if weights else 4
         out = []
         for n, user_id in enumerate(user_ids):
             reply = replies[per_user * n : per_user * (n + 1)]
-            hist, counters, excluded = reply[0], reply[1], reply[-1]
+            hist, counters, excluded = reply[0], reply[1], reply[-2] + list(reply[-1])
             item_weights = reply[2] if weights else {}
             out.append(
                 UserState(

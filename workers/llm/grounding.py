@@ -113,8 +113,8 @@ class Grounding:
     ``known_ids`` / ``known_titles``: ids and titles the caller knows to exist
     (the catalog, other users); naming one that is not allowed is a violation.
     ``catalog_text``: the catalog data of the call (descriptions, attributes,
-    facts, signals), which backs claims and statistics. ``user_text``: the
-    user's own words, which back plain numbers ("from the 1990s") but no claim.
+    facts, signals), which backs claims, figures and id-shaped tokens. The
+    user's own words back nothing: that is where an injection would put it.
     """
 
     allowed_ids: frozenset[str]
@@ -122,7 +122,6 @@ class Grounding:
     known_ids: frozenset[str] = frozenset()
     known_titles: frozenset[str] = frozenset()
     catalog_text: str = ""
-    user_text: str = ""
 
     @classmethod
     def build(
@@ -133,7 +132,6 @@ class Grounding:
         known_ids: Iterable[str] = (),
         known_titles: Iterable[str] = (),
         catalog_text: str = "",
-        user_text: str = "",
     ) -> Grounding:
         """A :class:`Grounding` with every id and title normalised once."""
         return cls(
@@ -142,7 +140,6 @@ class Grounding:
             known_ids=frozenset(_norm(i) for i in known_ids if i),
             known_titles=frozenset(t for t in (_norm(t) for t in known_titles) if t),
             catalog_text=_norm(catalog_text),
-            user_text=_norm(user_text),
         )
 
     @classmethod
@@ -158,15 +155,13 @@ class Grounding:
         ids: list[str] = [user_id] if user_id else []
         titles: list[str] = []
         catalog: list[str] = []
-        user: list[str] = []
-        _walk(data, ids, titles, catalog, user, in_user_text=False)
+        _walk(data, ids, titles, catalog, in_user_text=False)
         return cls.build(
             allowed_ids=ids,
             allowed_titles=titles,
             known_ids=known_ids,
             known_titles=known_titles,
             catalog_text="\n".join(catalog),
-            user_text="\n".join(user),
         )
 
     def check(self, text: str, *, field: str = "output", claims: bool = True) -> None:
@@ -204,10 +199,8 @@ class Grounding:
                 raise UnsafeOutput(f"{field}: a figure the catalog data does not back")
 
     def _in_data(self, token: str) -> bool:
-        return (
-            _contains(self.catalog_text, token)
-            or _contains(self.user_text, token)
-            or any(_contains(t, token) for t in self.allowed_titles)
+        return _contains(self.catalog_text, token) or any(
+            _contains(t, token) for t in self.allowed_titles
         )
 
 
@@ -230,7 +223,6 @@ def _walk(
     ids: list[str],
     titles: list[str],
     catalog: list[str],
-    user: list[str],
     *,
     in_user_text: bool,
 ) -> None:
@@ -242,14 +234,12 @@ def _walk(
         for key, v in value.items():
             if key == "id":
                 continue
-            _walk(
-                v, ids, titles, catalog, user, in_user_text=in_user_text or key in _USER_TEXT_KEYS
-            )
+            _walk(v, ids, titles, catalog, in_user_text=in_user_text or key in _USER_TEXT_KEYS)
     elif isinstance(value, list | tuple):
         for v in value:
-            _walk(v, ids, titles, catalog, user, in_user_text=in_user_text)
-    elif isinstance(value, str | int | float) and not isinstance(value, bool):
-        (user if in_user_text else catalog).append(str(value))
+            _walk(v, ids, titles, catalog, in_user_text=in_user_text)
+    elif not in_user_text and isinstance(value, str | int | float) and not isinstance(value, bool):
+        catalog.append(str(value))
 
 
 def check_grounded(
@@ -260,7 +250,6 @@ def check_grounded(
     known_ids: Collection[str] = (),
     known_titles: Collection[str] = (),
     catalog_text: str = "",
-    user_text: str = "",
     field: str = "output",
     claims: bool = True,
 ) -> None:
@@ -271,5 +260,4 @@ def check_grounded(
         known_ids=known_ids,
         known_titles=known_titles,
         catalog_text=catalog_text,
-        user_text=user_text,
     ).check(text, field=field, claims=claims)

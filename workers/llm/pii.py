@@ -201,7 +201,9 @@ def _spans(view: str) -> list[tuple[int, int, str]]:
     add = found.append
     for m in _EMAIL_PLAIN.finditer(view) if "@" in view else ():
         add((m.start(), m.end(), "EMAIL"))
-    for m in _EMAIL.finditer(view) if _AT_HINT.search(view) else ():
+    pos = 0 if _AT_HINT.search(view) else len(view)
+    while (m := _EMAIL.search(view, pos)) is not None:
+        pos = m.start() + 1  # a refused match may hide one that starts inside it
         text = m.group(0)
         if "@" not in text and not re.search(r"[\[({<]\s*at|\bAT\b", text):
             # plain " at " / " dot ": only with a real top-level domain
@@ -209,6 +211,7 @@ def _spans(view: str) -> list[tuple[int, int, str]]:
             if last not in TLDS or not _PLAIN_AT.search(text):
                 continue
         add((m.start(), m.end(), "EMAIL"))
+        pos = m.end()
     for m in _IBAN.finditer(view):
         span = _valid_iban(view, m)
         if span:

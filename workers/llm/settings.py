@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from workers.errors import ConfigError
 from workers.env import PREFIX, Secret, env_bool, env_float, env_int, env_str
+from workers.errors import ConfigError
 
 __all__ = ["EndpointSettings", "LLMSettings"]
 

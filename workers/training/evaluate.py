@@ -46,7 +46,11 @@ def _sample(rng: np.random.Generator, pool: np.ndarray, seen: set[int], k: int) 
 
 
 def build_cases(data: Dataset) -> dict[str, Case]:
-    """The five protocols' test cases (deterministic for a given split)."""
+    """Every protocol's test cases (deterministic for a given split).
+
+    With no held-out items (``cold_fraction = 0``) the full ranking is the
+    ``standard`` protocol and there are no cold or mixed cases.
+    """
     warm_mask = data.warm_mask
     all_mask = np.ones(data.n_items + 1, dtype=bool)
     all_mask[0] = False
@@ -63,9 +67,17 @@ def build_cases(data: Dataset) -> dict[str, Case]:
             for u in users
         ]
     )
+    full = Case(users, hists, data.test[users], None, warm_mask, hists)
+    if not cold_mask.any():
+        return {"standard": full, "sampled": sampled_case(full, sampled)}
+    # Every other interaction of the user is history, never a negative: a
+    # user's other cold positives are not "wrong" answers (nor a warm item
+    # rated after the cold target).
+    mixed_ex = [sorted(data.all_items_of_user[u] - {int(data.test[u])}) for u in users]
     cu = data.cold_users
     cold_ex = [
-        sorted(set(data.train_seqs[u]) | {int(data.valid[u]), int(data.test[u])} - {0}) for u in cu
+        sorted(data.all_items_of_user[u] - {int(t)})
+        for u, t in zip(cu, data.cold_target, strict=True)
     ]
     cold_sampled = np.array(
         [
@@ -74,12 +86,17 @@ def build_cases(data: Dataset) -> dict[str, Case]:
         ]
     ).reshape(-1, 20)
     return {
-        "full": Case(users, hists, data.test[users], None, warm_mask, hists),
-        "sampled": Case(users, hists, data.test[users], sampled, warm_mask, hists),
+        "full": full,
+        "sampled": sampled_case(full, sampled),
+        "mixed": Case(users, hists, data.test[users], None, all_mask, mixed_ex),
         "cold_full": Case(cu, data.cold_hist, data.cold_target, None, all_mask, cold_ex),
         "cold_catalog": Case(cu, data.cold_hist, data.cold_target, None, cold_mask, cold_ex),
         "cold_sampled": Case(cu, data.cold_hist, data.cold_target, cold_sampled, all_mask, cold_ex),
     }
+
+
+def sampled_case(full: Case, candidates: np.ndarray) -> Case:
+    return Case(full.users, full.histories, full.targets, candidates, full.allowed, full.exclude)
 
 
 @torch.no_grad()
@@ -88,33 +105,28 @@ def item_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(item_input [N+1, d], item_joint [N+1, d+1]) as exported for the workers.
 
-    With j(t) = item_dec(text_enc(t)), the stage-1 text path into SASRec's space,
-    and the hybrid head's weights (w_text, w_pop) chosen on validation:
+    With ``v`` the content-aware model's item vector (ID embedding + W t + b
+    for a warm item, W t + b for a text-only one) and the prior weights
+    (pop, cold) chosen on validation:
 
-    - warm item: input = e (SASRec item embedding);
-      joint = [e + w_text * j(t), w_pop * log(1 + training count)]
+    - warm item: input = v; joint = [v, pop * log(1 + training count)]
     - cold item, or any item added at run time (text only):
-      input = j(t); joint = [(1 + w_text) * j(t), 0]
+      input = v = W t + b; joint = [v, cold]
     - row 0 (padding) is zero.
 
     ``fusion`` overrides the trained weights (the report's ablation rows).
     """
-    data, sas, s1 = trained.data, trained.sasrec, trained.stage1
+    data, model = trained.data, trained.model
     fusion = trained.fusion if fusion is None else fusion
-    w_text, w_pop = fusion["text"], fusion["pop"]
-    warm = torch.from_numpy(np.flatnonzero(data.warm_mask))
+    table = model.table()
     cold = torch.from_numpy(data.cold_items)
-    emb = sas.item_emb.weight.detach()
-    j_text = s1.joint_from_text(trained.text)
+    warm = torch.from_numpy(np.flatnonzero(data.warm_mask))
     logpop = torch.log1p(torch.from_numpy(data.train_popularity()).float())
-    item_input = torch.zeros_like(emb)
-    item_joint = torch.zeros(emb.shape[0], emb.shape[1] + 1)
-    item_input[warm] = emb[warm]
-    item_joint[warm, :-1] = emb[warm] + w_text * j_text[warm]
-    item_joint[warm, -1] = w_pop * logpop[warm]
-    item_input[cold] = j_text[cold]
-    item_joint[cold, :-1] = (1.0 + w_text) * j_text[cold]
-    return item_input, item_joint
+    item_joint = torch.zeros(table.shape[0], table.shape[1] + 1)
+    item_joint[:, :-1] = table
+    item_joint[warm, -1] = fusion["pop"] * logpop[warm]
+    item_joint[cold, -1] = fusion["cold"]
+    return table.clone(), item_joint
 
 
 def score_functions(trained: Trained) -> dict[str, ScoreFn]:
@@ -134,25 +146,40 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
         u = sas.user(left_pad(list(hists), cfg.max_len))
         return (u @ sas_table.T).numpy()
 
-    def allmrec(fusion: dict[str, float]) -> ScoreFn:
+    def served(fusion: dict[str, float]) -> ScoreFn:
         item_input, item_joint = item_tables(trained, fusion)
 
         @torch.no_grad()
         def score(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
-            u = sas.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
+            u = trained.model.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
             return (u @ item_joint[:, :-1].T + item_joint[:, -1]).numpy()
 
         return score
 
-    w_text, w_pop = trained.fusion["text"], trained.fusion["pop"]
+    def stage1_text() -> ScoreFn:
+        """The joint space's text path alone: every item scored as if text-only."""
+        with torch.no_grad():
+            joint = trained.stage1.joint_from_text(trained.text)
+            joint[0] = 0.0
+
+        @torch.no_grad()
+        def score(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+            u = trained.model.user(left_pad(list(hists), cfg.max_len))
+            return (u @ joint.T).numpy()
+
+        return score
+
+    w_pop, w_cold = trained.fusion["pop"], trained.fusion["cold"]
+    mean_logpop = float(counts.log1p()[torch.from_numpy(data.warm_mask)].mean())
     return {
         "Popularity": popularity,
         "BPR-MF": bpr,
         "SASRec": sasrec,
-        "A-LLMRec": allmrec(trained.fusion),
-        # Ablations of the hybrid head: where does the gain come from?
-        "A-LLMRec -prior": allmrec({"text": w_text, "pop": 0.0}),
-        "SASRec +prior": allmrec({"text": 0.0, "pop": w_pop}),
+        "A-LLMRec": served(trained.fusion),
+        # Ablations of the served head: what does each part add?
+        "A-LLMRec -prior": served({"pop": 0.0, "cold": w_cold - w_pop * mean_logpop}),
+        "A-LLMRec -calibration": served({"pop": w_pop, "cold": 0.0}),
+        "stage-1 text path": stage1_text(),
     }
 
 
@@ -161,11 +188,14 @@ def evaluate_run(trained: Trained) -> dict[str, Any]:
     started = time.perf_counter()
     pct = popularity_percentile(data.train_popularity(), data.warm_mask)
     cases = build_cases(data)
+    cold = ~data.warm_mask
+    cold[0] = False
     results: dict[str, dict[str, dict[str, float]]] = {}
+    fns = score_functions(trained)
     for proto, case in cases.items():
         results[proto] = {
-            name: evaluate_cases(case, fn, pct, seed=trained.config.seed)
-            for name, fn in score_functions(trained).items()
+            name: evaluate_cases(case, fn, pct, seed=trained.config.seed, cold_mask=cold)
+            for name, fn in fns.items()
         }
     return {
         "dataset": "MovieLens-100k (RecBole 1.2.1 wheel)"
@@ -177,8 +207,10 @@ def evaluate_run(trained: Trained) -> dict[str, Any]:
             "items": data.n_items,
             "cold_items": len(data.cold_items),
             "cold_fraction": trained.config.cold_fraction,
+            "split_seed": trained.config.split_seed,
             "seed": trained.config.seed,
-            "test_users": len(cases["full"].targets),
+            "cold_interaction_share": data.cold_interaction_share,
+            "test_users": len(next(iter(cases.values())).targets),
             "cold_test_users": len(data.cold_users),
         },
         "protocols": {k: PROTOCOLS[k] for k in cases},
@@ -190,25 +222,30 @@ def evaluate_run(trained: Trained) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     split = report["split"]
-    fusion = report.get("training", {}).get("fusion", {})
+    cal = report.get("training", {}).get("calibration", {})
     print(f"\nDataset: {report['dataset']}  ({report['data_hash'][:24]}...)")
     print(
-        f"Split: chronological leave-one-out, seed {split['seed']}; {split['users']} users, "
-        f"{split['items']} items, {split['cold_items']} cold items held out of training; "
+        f"Split: chronological leave-one-out, split seed {split.get('split_seed', split['seed'])}"
+        f", training seed {split['seed']}; {split['users']} users, "
+        f"{split['items']} items, {split['cold_items']} cold items held out of training "
+        f"({100 * split.get('cold_interaction_share', 0.0):.1f}% of interactions); "
         f"{split['test_users']} test users, {split['cold_test_users']} cold test users"
     )
-    if fusion:
+    if cal:
         print(
-            f"A-LLMRec = stage 1 + hybrid head, w_text={fusion['text']}, w_pop={fusion['pop']} "
-            "(chosen on validation). Ablations: 'A-LLMRec -prior' = w_pop 0 (stage-1 text path "
-            "only); 'SASRec +prior' = w_text 0 (popularity prior, no text)"
+            "A-LLMRec = content-aware SASRec (item = ID embedding + projected text; cold items "
+            f"text-only), prior: pop={cal['pop']} x log(1 + count) for warm items, "
+            f"cold={cal['cold']} for text-only items (chosen on validation). Ablations: "
+            "'-prior' = no popularity prior (cold offset shifted by the mean prior); "
+            "'-calibration' = cold offset 0; 'stage-1 text path' = every item scored by "
+            "its stage-1 joint text embedding"
         )
     for proto, models in report["results"].items():
         print(f"\n[{proto}] {report['protocols'][proto]}")
         metrics = [m for m in next(iter(models.values())) if m != "n"]
         print(f"  {'model':<16}" + "".join(f"{m:>13}" for m in metrics))
         for name, values in models.items():
-            print(f"  {name:<16}" + "".join(f"{values[m]:>13.4f}" for m in metrics))
+            print(f"  {name:<24}" + "".join(f"{values[m]:>13.4f}" for m in metrics))
 
 
 def main(argv: list[str] | None = None) -> int:

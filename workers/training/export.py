@@ -116,7 +116,7 @@ def export_run(
     )
     parity: dict[str, float] = {}
 
-    scorer = CandidateScorer(trained.sasrec).eval()
+    scorer = CandidateScorer(trained.model).eval()
     c0 = torch.randint(1, n, (3, 7), generator=gen)
     _export(
         scorer,
@@ -140,7 +140,7 @@ def export_run(
         ],
     )
 
-    user_enc = UserEncoder(trained.sasrec).eval()
+    user_enc = UserEncoder(trained.model).eval()
     _export(
         user_enc,
         (hist(3), item_input),
@@ -155,7 +155,7 @@ def export_run(
         [{"histories": hist(b), "item_input": item_input} for b in (1, 5, 64)],
     )
 
-    to_joint = TextToJoint(trained.stage1, trained.fusion["text"]).eval()
+    to_joint = TextToJoint(trained.model, trained.fusion["cold"]).eval()
     text_dim = trained.text.shape[1]
     _export(
         to_joint,
@@ -212,7 +212,8 @@ def export_run(
         "format": MANIFEST_FORMAT,
         "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": "A-LLMRec stage 1 over SASRec (+ hybrid prior head)",
+        "model": "A-LLMRec: content-aware SASRec (ID + projected text, ID dropout), "
+        "calibrated prior column; stage 1 joint space in the run checkpoint",
         "data_hash": trained.data.data_hash,
         "cold_items": [trained.data.item_raw_ids[i - 1] for i in trained.data.cold_items],
         "training_config": vars(cfg) | {},

@@ -4,11 +4,18 @@ Protocols (printed verbatim next to every figure by ``recstream evaluate``):
 
 - ``full``: each test user ranks every *warm* item (seen in training) that is
   not in the user's history; the target is the held-out last item.
+- ``mixed``: the same users and targets ranking *every* item, warm and cold,
+  not in their interactions: charges a model for showing cold items to users
+  whose next item is warm. ``cold@10`` (share of the top 10 that is cold)
+  is read against the share of interactions on cold items.
+- ``standard``: with no items held out (``--cold-fraction 0``), full ranking
+  of every item not in the user's history: the literature's leave-one-out.
 - ``sampled``: the A-LLMRec paper's protocol: the target among 19 negatives
   drawn uniformly (fixed seed) from the warm items the user never interacted
   with.
 - ``cold_full``: users whose target is a held-out cold item rank *every* item
-  (warm and cold) not in their warm interactions.
+  (warm and cold) not among their other interactions (their other cold
+  positives are not negatives).
 - ``cold_catalog``: the same users rank only the cold items (the "new items
   arrived, which one for this user" question).
 - ``cold_sampled``: the cold target among 19 negatives from all items the user
@@ -33,7 +40,12 @@ PROTOCOLS: dict[str, str] = {
     "target = user's last warm interaction (chronological leave-one-out)",
     "sampled": "1 positive + 19 negatives drawn uniformly (seed) from warm items the user "
     "never interacted with; target = last warm interaction",
-    "cold_full": "full ranking over ALL items (warm + cold) not in the user's warm "
+    "standard": "complete dataset, no items held out: full ranking over all items not in "
+    "the user's history; target = user's last interaction (chronological leave-one-out)",
+    "mixed": "full ranking over ALL items (warm + cold) not among the user's other "
+    "interactions; target = user's last warm interaction; cold@10 = share of cold items "
+    "in the top 10",
+    "cold_full": "full ranking over ALL items (warm + cold) not among the user's other "
     "interactions; target = user's last interaction with a held-out cold item",
     "cold_catalog": "ranking over the held-out cold items only; same targets as cold_full",
     "cold_sampled": "1 cold positive + 19 negatives drawn uniformly (seed) from all items "
@@ -73,6 +85,7 @@ def evaluate_cases(
     *,
     seed: int = 0,
     batch: int = 256,
+    cold_mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Score every case; return accuracy + coverage@10 + mean popularity percentile."""
     rng = np.random.default_rng(seed)
@@ -110,6 +123,8 @@ def evaluate_cases(
     recs = np.concatenate(recommended)
     out["coverage@10"] = float(np.unique(recs).size / max(1, int(case.allowed.sum())))
     out["pop_pct@10"] = float(popularity_pct[recs].mean())
+    if cold_mask is not None:
+        out["cold@10"] = float(cold_mask[recs].mean())
     out["n"] = float(n)
     return out
 

@@ -1,4 +1,5 @@
-"""SASRec, BPR-MF and A-LLMRec stage 1 in torch, plus the exported wrappers.
+"""SASRec, the content-aware SASRec, BPR-MF and A-LLMRec stage 1 in torch,
+plus the exported wrappers.
 
 ``forward``-style training code and the inference wrappers are kept apart:
 the wrappers (:class:`UserEncoder`, :class:`CandidateScorer`,
@@ -19,6 +20,7 @@ __all__ = [
     "BPRMF",
     "ALLMRecStage1",
     "CandidateScorer",
+    "ContentSASRec",
     "SASRec",
     "TextToJoint",
     "UserEncoder",
@@ -107,6 +109,52 @@ class SASRec(nn.Module):
         return self.forward(hist)[:, -1, :]
 
 
+class ContentSASRec(SASRec):
+    """SASRec whose item vector is an ID embedding plus the item's projected text.
+
+    ``vector(i) = keep(i) * e_i + W t_i + b``, with ``t_i`` the item's MiniLM
+    embedding (a buffer) and ``keep(i)`` 0 for items without a trained ID
+    (cold items, padding) and for a random ``id_dropout`` share of the items
+    at each training batch. Dropping IDs trains the text path to stand in for
+    an item the model has never seen, in the *same* softmax as the items it
+    knows, so a text-only item is scored on the same scale as a warm one. The
+    one table serves both as the input table (items in a history) and as the
+    output table (candidates), as in SASRec.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        text: torch.Tensor,
+        id_mask: torch.Tensor,
+        dim: int = 64,
+        max_len: int = 50,
+        *,
+        n_blocks: int = 2,
+        n_heads: int = 1,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__(n_items, dim, max_len, n_blocks=n_blocks, n_heads=n_heads, dropout=dropout)
+        self.text_proj = nn.Linear(text.shape[1], dim)
+        self.register_buffer("text", text.float().clone())
+        self.register_buffer("id_mask", id_mask.float().clone())
+
+    def text_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Text-only item vectors (cold items, items added at run time)."""
+        return self.text_proj(text)
+
+    def table(self, drop: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Item vectors [N + 1, d]; ``drop`` > 0 drops that share of IDs (training)."""
+        keep = self.id_mask
+        if drop > 0:
+            keep = keep * (torch.rand(keep.shape, generator=generator) >= drop).float()
+        table = keep.unsqueeze(1) * self.item_emb.weight + self.text_vectors(self.text)
+        return torch.cat([torch.zeros_like(table[:1]), table[1:]])
+
+    def forward(self, hist: torch.Tensor) -> torch.Tensor:
+        return self.sequence(hist, self.table())
+
+
 class BPRMF(nn.Module):
     """Matrix factorisation trained with the BPR pairwise loss (Rendle et al., 2009)."""
 
@@ -129,17 +177,20 @@ class BPRMF(nn.Module):
 class ALLMRecStage1(nn.Module):
     """A-LLMRec stage 1 (Kim et al., KDD 2024): aligning collaborative and text spaces.
 
-    Item autoencoder over the frozen SASRec item embeddings and text autoencoder
-    over the MiniLM text embeddings, both into a ``joint_dim`` space with a
-    sigmoid (as the paper's code). Losses: matching (MSE between the two
-    encodings) + alpha * item reconstruction + beta * text reconstruction +
-    recommendation (softmax cross-entropy of the frozen SASRec user
-    representation against the decoded joint embeddings of all training items,
-    for both the item path and the text path).
+    Item autoencoder over the frozen recommender's item vectors and text
+    autoencoder over the MiniLM text embeddings, both into a ``joint_dim``
+    space with a sigmoid (as the paper's code). Losses: matching (MSE between
+    the two encodings) + alpha * item reconstruction + beta * text
+    reconstruction + recommendation (softmax cross-entropy of the frozen user
+    representation against the decoded joint embeddings of all training
+    items, for both the item path and the text path).
 
-    The *joint item embedding* used for scoring lives in SASRec's space: it is
-    the item decoder applied to the joint code, ``item_dec(z)``, where ``z`` is
-    the item path's code for a warm item and the text path's for a cold one.
+    What it is used for: the *joint space* (the sigmoid codes) where an item
+    known by its interactions and an item or a query known only by text meet
+    (cold items, chat queries, explanations). It does not score candidates:
+    the served scores come from :class:`ContentSASRec`, whose item vectors
+    already mix ID and text. ``train_stage1`` early-stops on the text path's
+    validation NDCG@10 (``joint_from_text``), the path text-only inputs take.
     """
 
     def __init__(self, item_dim: int, text_dim: int = 384, joint_dim: int = 128) -> None:
@@ -201,19 +252,20 @@ class CandidateScorer(nn.Module):
 class TextToJoint(nn.Module):
     """Exported: text embeddings [N, 384] -> (item_input [N, d], item_joint [N, d+1]).
 
-    The rows a worker appends for a new item known only by its text: SASRec
-    reads ``item_input`` when the item appears in a history (the decoded
-    vector, which the reconstruction loss trains to stand in for an item
-    embedding), and scores it with ``item_joint`` (the text path scaled by the
-    hybrid head's ``1 + w_text``, prior column 0: no interactions yet).
+    The rows a worker appends for a new item known only by its text: the
+    content-aware model's text-only vector ``v = W t + b`` is both what the
+    sequence encoder reads when the item appears in a history (``item_input``)
+    and what it is scored with (``item_joint = [v, prior]``). ``prior`` is the
+    text-only items' offset calibrated on validation (see ``fit_calibration``);
+    warm items' last column holds their popularity prior instead.
     """
 
-    def __init__(self, stage1: ALLMRecStage1, w_text: float) -> None:
+    def __init__(self, model: ContentSASRec, prior: float) -> None:
         super().__init__()
-        self.stage1 = stage1
-        self.scale = 1.0 + w_text
+        self.proj = model.text_proj
+        self.prior = float(prior)
 
     def forward(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        j = self.stage1.joint_from_text(text_embeddings)
-        prior = torch.zeros_like(j[:, :1])
-        return j, torch.cat([j * self.scale, prior], dim=1)
+        v = self.proj(text_embeddings)
+        prior = torch.zeros_like(v[:, :1]) + self.prior
+        return v, torch.cat([v, prior], dim=1)

@@ -1,4 +1,13 @@
-"""``recstream train``: SASRec, BPR-MF and A-LLMRec stage 1 on MovieLens-100k.
+"""``recstream train``: the content-aware A-LLMRec model, SASRec, BPR-MF and
+A-LLMRec stage 1 on MovieLens-100k.
+
+The served model is :class:`~workers.training.models.ContentSASRec` (item
+vector = ID embedding + projected text, IDs dropped at random in training,
+cold items text-only), with a per-item prior column calibrated on
+validation. Stage 1 is trained against it for the joint space. SASRec and
+BPR-MF are the baselines. Every sequence model trains on windows of
+``max_len + 1`` items ending at n, n - max_len, ..., so every interaction
+of the training part is a target.
 
 Writes a run folder ``<home>/runs/<version>/`` with ``checkpoint.pt`` (all
 weights, the text embeddings and the split's cold items), ``config.json``,
@@ -23,9 +32,9 @@ from tqdm import tqdm
 
 from workers.training import DEFAULT_HOME
 from workers.training.data import Dataset, load_dataset, synthetic_dataset
-from workers.training.models import BPRMF, ALLMRecStage1, SASRec
+from workers.training.models import BPRMF, ALLMRecStage1, ContentSASRec, SASRec
 
-__all__ = ["TrainConfig", "Trained", "left_pad", "main", "train_all"]
+__all__ = ["TrainConfig", "Trained", "left_pad", "main", "train_all", "windows"]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +43,10 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Every knob of a training run (saved with the run and in the manifest)."""
 
-    seed: int = 42
+    seed: int = 42  # training seed: initialisation, batches, ID dropout
+    split_seed: int = 42  # which items are cold (the data split); apart from ``seed``
     threads: int = 2
-    cold_fraction: float = 0.15
+    cold_fraction: float = 0.15  # 0: the standard protocol (complete dataset)
     max_users: int = 0  # > 0: first users only (tests)
     synthetic: bool = False  # planted-sequence data instead of ML-100k (tests)
     # SASRec: softmax cross-entropy over the warm catalogue at every position.
@@ -50,6 +60,12 @@ class TrainConfig:
     sas_batch: int = 128
     patience: int = 4  # evaluations (every eval_every epochs) without improvement
     eval_every: int = 5
+    # False: one window per user (the last max_len targets), the old recipe (ablation).
+    all_windows: bool = True
+    # The served model (ContentSASRec): SASRec's settings plus the share of
+    # item IDs dropped per batch (0: text never has to stand in for an ID).
+    id_dropout: float = 0.2
+    use_text: bool = True  # False: ID-only (ablation: what the text adds)
     # BPR-MF baseline.
     bpr_dim: int = 64
     bpr_lr: float = 5e-3
@@ -61,7 +77,7 @@ class TrainConfig:
     alpha: float = 0.5
     beta: float = 0.5
     s1_lr: float = 1e-3
-    s1_epochs: int = 300
+    s1_epochs: int = 100
     s1_batch: int = 128
 
     @classmethod
@@ -87,11 +103,14 @@ class Trained:
     config: TrainConfig
     data: Dataset
     text: torch.Tensor  # [n_items + 1, 384], row 0 zeros
-    sasrec: SASRec
-    bpr: BPRMF
-    stage1: ALLMRecStage1
+    sasrec: SASRec  # baseline
+    bpr: BPRMF  # baseline
+    model: ContentSASRec  # the served model
+    stage1: ALLMRecStage1  # the joint space, trained against ``model``
     history: dict[str, Any]
-    fusion: dict[str, float] = field(default_factory=lambda: {"text": 0.0, "pop": 0.0})
+    # The served prior column: pop * log(1 + count) for warm items, ``cold``
+    # for text-only items (cold, or added at run time); chosen on validation.
+    fusion: dict[str, float] = field(default_factory=lambda: {"pop": 0.0, "cold": 0.0})
 
 
 def left_pad(seqs: list[list[int]] | list[Any], max_len: int) -> torch.Tensor:
@@ -103,15 +122,45 @@ def left_pad(seqs: list[list[int]] | list[Any], max_len: int) -> torch.Tensor:
     return out
 
 
-def _valid_ndcg(scores: torch.Tensor, data: Dataset, users: np.ndarray) -> float:
-    """NDCG@10 of the validation item, history excluded, warm items only."""
+def windows(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) [W, max_len]: windows of ``max_len + 1`` items ending at
+    n, n - max_len, n - 2 max_len, ... of each sequence, so every item but the
+    first is a target exactly once (left-padded; 0 = no target)."""
+    ins: list[list[int]] = []
+    tgts: list[list[int]] = []
+    for seq in seqs:
+        end = len(seq)
+        while end >= 2:
+            chunk = seq[max(0, end - max_len - 1) : end]
+            ins.append(chunk[:-1])
+            tgts.append(chunk[1:])
+            end -= max_len
+    return left_pad(ins, max_len), left_pad(tgts, max_len)
+
+
+def _training_windows(cfg: TrainConfig, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    seqs = [s for s in data.train_seqs if len(s) >= 2]
+    if cfg.all_windows:
+        return windows(seqs, cfg.max_len)
+    return left_pad([s[:-1] for s in seqs], cfg.max_len), left_pad(
+        [s[1:] for s in seqs], cfg.max_len
+    )
+
+
+def _valid_ndcg(
+    scores: torch.Tensor, data: Dataset, users: np.ndarray, *, allowed: np.ndarray | None = None
+) -> float:
+    """NDCG@10 of the validation item, history excluded, warm items only (or
+    ``allowed``). Ties count against the target: a model that scores many
+    items equal does not get the best of them."""
     scores = scores.clone()
-    scores[:, ~torch.from_numpy(data.warm_mask)] = -torch.inf
+    mask = data.warm_mask if allowed is None else allowed
+    scores[:, ~torch.from_numpy(mask)] = -torch.inf
     for row, u in enumerate(users):
         scores[row, data.train_seqs[u]] = -torch.inf
     target = torch.from_numpy(data.valid[users])
     tscore = scores.gather(1, target.unsqueeze(1))
-    rank = (scores > tscore).sum(1).float()
+    rank = ((scores > tscore).sum(1) + (scores == tscore).sum(1) - 1).float()
     return float(torch.where(rank < 10, 1.0 / torch.log2(rank + 2.0), 0.0).mean())
 
 
@@ -142,50 +191,92 @@ class EarlyStopping:
             model.load_state_dict(self._state)
 
 
-def train_sasrec(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> SASRec:
-    model = SASRec(
-        data.n_items,
-        cfg.dim,
-        cfg.max_len,
-        n_blocks=cfg.blocks,
-        n_heads=cfg.heads,
-        dropout=cfg.dropout,
-    )
+def _train_sequence(
+    cfg: TrainConfig,
+    data: Dataset,
+    model: SASRec,
+    hist: dict[str, Any],
+    name: str,
+    *,
+    id_dropout: float = 0.0,
+) -> None:
+    """Softmax cross-entropy over the warm catalogue at every position of every
+    training window; early stopping on validation NDCG@10 (warm items)."""
+    content = isinstance(model, ContentSASRec)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.sas_lr, betas=(0.9, 0.98))
-    seqs = [s for s in data.train_seqs if len(s) >= 2]
-    inputs = left_pad([s[:-1] for s in seqs], cfg.max_len)
-    targets = left_pad([s[1:] for s in seqs], cfg.max_len)
+    inputs, targets = _training_windows(cfg, data)
     cold = torch.from_numpy(~data.warm_mask)
     users = _eval_users(data)
     val_hist = left_pad([data.train_seqs[u] for u in users], cfg.max_len)
     stopper = EarlyStopping(cfg.patience)
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(1, cfg.sas_epochs + 1), desc="SASRec", unit="ep")
+    drop_gen = torch.Generator().manual_seed(cfg.seed + 7)
+    bar = tqdm(range(1, cfg.sas_epochs + 1), desc=name, unit="ep")
     for epoch in bar:
         model.train()
-        perm = torch.randperm(len(seqs), generator=gen)
-        for start in range(0, len(seqs), cfg.sas_batch):
+        perm = torch.randperm(len(inputs), generator=gen)
+        for start in range(0, len(inputs), cfg.sas_batch):
             idx = perm[start : start + cfg.sas_batch]
-            h = model(inputs[idx])
-            logits = h @ model.item_emb.weight.T
-            # Cold items never appear in training: keep them out of the softmax
-            # so their rows stay at initialisation (SASRec knows nothing of them).
-            logits = logits.masked_fill(cold, -1e9)
+            if content:
+                assert isinstance(model, ContentSASRec)
+                table = model.table(id_dropout, drop_gen)
+            else:
+                table = model.item_emb.weight
             tgt = targets[idx]
-            loss = F.cross_entropy(logits[tgt > 0], tgt[tgt > 0])
+            real = tgt > 0
+            # Logits at target positions only (windows are left-padded).
+            logits = model.sequence(inputs[idx], table)[real] @ table.T
+            # Cold items never appear in training: keep them out of the softmax
+            # (SASRec's rows stay at initialisation; the content model learns
+            # text-only items through the dropped IDs of warm ones instead).
+            logits = logits.masked_fill(cold, -1e9)
+            loss = F.cross_entropy(logits, tgt[real])
             opt.zero_grad()
             loss.backward()
             opt.step()
         if epoch % cfg.eval_every == 0:
             model.eval()
             with torch.no_grad():
-                ndcg = _valid_ndcg(model.user(val_hist) @ model.item_emb.weight.T, data, users)
+                table = model.table() if isinstance(model, ContentSASRec) else model.item_emb.weight
+                ndcg = _valid_ndcg(model.sequence(val_hist, table)[:, -1] @ table.T, data, users)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_ndcg=f"{ndcg:.4f}")
             if stopper.should_stop(ndcg, model):
                 break
     stopper.restore_best(model)
     model.eval()
-    hist["sasrec"] = {"best_val_ndcg@10": stopper.best, "epochs": epoch}
+    hist[name] = {"best_val_ndcg@10": stopper.best, "epochs": epoch, "windows": len(inputs)}
+
+
+def _sasrec_args(cfg: TrainConfig) -> dict[str, Any]:
+    return {"n_blocks": cfg.blocks, "n_heads": cfg.heads, "dropout": cfg.dropout}
+
+
+def train_sasrec(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> SASRec:
+    torch.manual_seed(cfg.seed)
+    model = SASRec(data.n_items, cfg.dim, cfg.max_len, **_sasrec_args(cfg))
+    _train_sequence(cfg, data, model, hist, "sasrec")
+    return model
+
+
+def _content_model(cfg: TrainConfig, data: Dataset, text: torch.Tensor) -> ContentSASRec:
+    return ContentSASRec(
+        data.n_items,
+        text if cfg.use_text else torch.zeros_like(text),
+        torch.from_numpy(data.warm_mask),
+        cfg.dim,
+        cfg.max_len,
+        **_sasrec_args(cfg),
+    )
+
+
+def train_content(
+    cfg: TrainConfig, data: Dataset, text: torch.Tensor, hist: dict[str, Any]
+) -> ContentSASRec:
+    """The served model: ContentSASRec with ``id_dropout`` of the IDs dropped per batch."""
+    torch.manual_seed(cfg.seed + 1)
+    model = _content_model(cfg, data, text)
+    drop = cfg.id_dropout if cfg.use_text else 0.0
+    _train_sequence(cfg, data, model, hist, "content", id_dropout=drop)
     return model
 
 
@@ -229,40 +320,46 @@ def train_bpr(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> BPRMF:
 
 
 def train_stage1(
-    cfg: TrainConfig, data: Dataset, sasrec: SASRec, text: torch.Tensor, hist: dict[str, Any]
+    cfg: TrainConfig, data: Dataset, model: ContentSASRec, text: torch.Tensor, hist: dict[str, Any]
 ) -> ALLMRecStage1:
-    """A-LLMRec stage 1 against the frozen SASRec (see ALLMRecStage1 for the loss)."""
-    model = ALLMRecStage1(cfg.dim, text.shape[1], cfg.joint_dim)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.s1_lr)
-    seqs = [s for s in data.train_seqs if len(s) >= 2]
+    """A-LLMRec stage 1 against the frozen served model (see ALLMRecStage1 for the loss).
+
+    The "collaborative" item embedding is the served model's item vector; the
+    user representation its sequence output. Early stopping on the text
+    path's validation NDCG@10 over warm items: the path text-only inputs take.
+    """
+    stage1 = ALLMRecStage1(cfg.dim, text.shape[1], cfg.joint_dim)
+    opt = torch.optim.Adam(stage1.parameters(), lr=cfg.s1_lr)
+    inputs, targets = _training_windows(cfg, data)
     with torch.no_grad():
-        states = sasrec(left_pad([s[:-1] for s in seqs], cfg.max_len))  # frozen, eval mode
-    targets = left_pad([s[1:] for s in seqs], cfg.max_len)
+        states = model(inputs)  # frozen, eval mode
+        table = model.table()
     keep = targets > 0
     states, targets = states[keep], targets[keep]
     warm = torch.from_numpy(np.flatnonzero(data.warm_mask))
     col = torch.full((data.n_items + 1,), -1, dtype=torch.int64)
     col[warm] = torch.arange(len(warm))
     targets = col[targets]
-    item_emb = sasrec.item_emb.weight.detach()[warm]
+    item_emb = table[warm]
     text_w = text[warm]
     users = _eval_users(data)
-    val_u = sasrec.user(left_pad([data.train_seqs[u] for u in users], cfg.max_len)).detach()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        val_u = model.user(left_pad([data.train_seqs[u] for u in users], cfg.max_len))
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
     stopper = EarlyStopping(cfg.patience)
     bar = tqdm(range(1, cfg.s1_epochs + 1), desc="A-LLMRec stage 1", unit="ep")
     n = len(targets)
-    step_size = max(1, n // max(1, len(seqs) // cfg.s1_batch))
+    step_size = max(1, cfg.s1_batch * cfg.max_len)
     for epoch in bar:
-        model.train()
+        stage1.train()
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, step_size):
             idx = perm[start : start + step_size]
-            z_item, z_text = model.encode_item(item_emb), model.encode_text(text_w)
-            j_item, j_text = model.item_dec(z_item), model.item_dec(z_text)
+            z_item, z_text = stage1.encode_item(item_emb), stage1.encode_text(text_w)
+            j_item, j_text = stage1.item_dec(z_item), stage1.item_dec(z_text)
             matching = F.mse_loss(z_item, z_text)
             item_rec = F.mse_loss(j_item, item_emb)
-            text_rec = F.mse_loss(model.text_dec(z_text), text_w)
+            text_rec = F.mse_loss(stage1.text_dec(z_text), text_w)
             u = states[idx]
             rec = F.cross_entropy(u @ j_item.T, targets[idx]) + F.cross_entropy(
                 u @ j_text.T, targets[idx]
@@ -272,56 +369,69 @@ def train_stage1(
             loss.backward()
             opt.step()
         if epoch % cfg.eval_every == 0:
-            model.eval()
+            stage1.eval()
             with torch.no_grad():
-                table = torch.zeros(data.n_items + 1, cfg.dim)
-                table[warm] = model.joint_from_item(item_emb)
-                ndcg = _valid_ndcg(val_u @ table.T, data, users)
+                scored = torch.zeros(data.n_items + 1, cfg.dim)
+                scored[warm] = stage1.joint_from_text(text_w)
+                ndcg = _valid_ndcg(val_u @ scored.T, data, users)
             bar.set_postfix(
                 match=f"{matching.item():.4f}", rec=f"{rec.item():.3f}", val_ndcg=f"{ndcg:.4f}"
             )
-            if stopper.should_stop(ndcg, model):
+            if stopper.should_stop(ndcg, stage1):
                 break
-    stopper.restore_best(model)
-    model.eval()
-    hist["stage1"] = {"best_val_ndcg@10": stopper.best, "epochs": epoch}
-    return model
+    stopper.restore_best(stage1)
+    stage1.eval()
+    hist["stage1"] = {"best_val_text_path_ndcg@10": stopper.best, "epochs": epoch}
+    return stage1
+
+
+POP_GRID = (0.0, 0.1, 0.2, 0.3)
+COLD_GRID = tuple(round(x, 2) for x in np.arange(-1.0, 2.01, 0.25))
 
 
 @torch.no_grad()
-def fit_fusion(
-    cfg: TrainConfig,
-    data: Dataset,
-    sasrec: SASRec,
-    stage1: ALLMRecStage1,
-    text: torch.Tensor,
-    *,
-    hist: dict[str, Any],
+def fit_calibration(
+    cfg: TrainConfig, data: Dataset, model: ContentSASRec, *, hist: dict[str, Any]
 ) -> dict[str, float]:
-    """The hybrid head's two weights, chosen by validation NDCG@10 on a small grid.
+    """The prior column, chosen by validation NDCG@10 with simulated cold items.
 
-    score(u, c) = <u, e_c + w_text * j_text(c)> + w_pop * log(1 + train count of c)
-    where e_c is the SASRec item embedding (zero for cold items) and j_text the
-    stage-1 text-path joint embedding. (0, 0) is plain stage-1 scoring of warm items.
+    score(u, c) = <u, v_c> + prior_c, prior_c = pop * log(1 + train count of c)
+    for warm items and ``cold`` for text-only items. To calibrate ``cold`` on
+    data the model never saw as cold, a seeded 15% of the warm items are made
+    text-only for validation (vector W t + b, prior ``cold``), the real cold
+    items are candidates too, and every user ranks all items (history
+    excluded): too low an offset loses the simulated-cold targets, too high
+    floods the lists with text-only items.
     """
     users = _eval_users(data)
-    u = sasrec.user(left_pad([data.train_seqs[x] for x in users], cfg.max_len))
-    emb = sasrec.item_emb.weight.detach()
-    j_text = stage1.joint_from_text(text)
+    u = model.user(left_pad([data.train_seqs[x] for x in users], cfg.max_len))
+    table = model.table()
+    text_only = model.text_vectors(model.text)
     logpop = torch.log1p(torch.from_numpy(data.train_popularity()).float())
-    grid = {}
-    for w_text in (0.0, 0.25, 0.5):
-        base = u @ (emb + w_text * j_text).T
-        for w_pop in (0.0, 0.1, 0.2, 0.3, 0.5):
-            grid[(w_text, w_pop)] = _valid_ndcg(base + w_pop * logpop, data, users)
-    (w_text, w_pop), best = max(grid.items(), key=lambda kv: kv[1])
-    hist["fusion"] = {
-        "text": w_text,
+    warm = np.flatnonzero(data.warm_mask)
+    rng = np.random.default_rng(cfg.seed + 3)
+    sim = np.zeros(data.n_items + 1, dtype=bool)
+    sim[rng.choice(warm, size=round(0.15 * len(warm)), replace=False)] = True
+    sim |= ~data.warm_mask
+    sim[0] = False
+    sim_t = torch.from_numpy(sim)
+    vectors = torch.where(sim_t.unsqueeze(1), text_only, table)
+    base = u @ vectors.T
+    allowed = np.ones(data.n_items + 1, dtype=bool)
+    allowed[0] = False
+    grid: dict[tuple[float, float], float] = {}
+    for w_pop in POP_GRID if cfg.use_text else (0.0, *POP_GRID[1:]):
+        for cold in COLD_GRID if cfg.use_text else (0.0,):
+            prior = torch.where(sim_t, torch.tensor(cold), w_pop * logpop)
+            grid[(w_pop, cold)] = _valid_ndcg(base + prior, data, users, allowed=allowed)
+    (w_pop, cold), best = max(grid.items(), key=lambda kv: kv[1])
+    hist["calibration"] = {
         "pop": w_pop,
-        "val_ndcg@10": best,
-        "val_ndcg@10_plain": grid[(0.0, 0.0)],
+        "cold": cold,
+        "val_mixed_ndcg@10": best,
+        "val_mixed_ndcg@10_no_prior": grid.get((0.0, 0.0), float("nan")),
     }
-    return {"text": w_text, "pop": w_pop}
+    return {"pop": float(w_pop), "cold": float(cold)}
 
 
 def text_table(cfg: TrainConfig, data: Dataset) -> torch.Tensor:
@@ -331,25 +441,38 @@ def text_table(cfg: TrainConfig, data: Dataset) -> torch.Tensor:
     return torch.cat([torch.zeros(1, emb.shape[1]), torch.from_numpy(emb)])
 
 
+def load_split(cfg: TrainConfig, cache_dir: Path) -> Dataset:
+    """The data split of ``cfg`` (seeded by ``split_seed``, never by ``seed``)."""
+    if cfg.synthetic:
+        return synthetic_dataset(seed=cfg.split_seed)
+    return load_dataset(
+        cache_dir,
+        cold_fraction=cfg.cold_fraction,
+        seed=cfg.split_seed,
+        max_users=cfg.max_users,
+    )
+
+
+def _timed(hist: dict[str, Any], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    hist.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+    return out
+
+
 def train_all(cfg: TrainConfig, cache_dir: Path) -> Trained:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    if cfg.synthetic:
-        data = synthetic_dataset(seed=cfg.seed)
-    else:
-        data = load_dataset(
-            cache_dir, cold_fraction=cfg.cold_fraction, seed=cfg.seed, max_users=cfg.max_users
-        )
+    data = load_split(cfg, cache_dir)
     hist: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    text = text_table(cfg, data)
-    hist["text_seconds"] = time.perf_counter() - t0
-    sasrec = train_sasrec(cfg, data, hist)
-    bpr = train_bpr(cfg, data, hist)
-    stage1 = train_stage1(cfg, data, sasrec, text, hist)
-    fusion = fit_fusion(cfg, data, sasrec, stage1, text, hist=hist)
-    return Trained(cfg, data, text, sasrec, bpr, stage1, hist, fusion)
+    text = _timed(hist, "text", text_table, cfg, data)
+    sasrec = _timed(hist, "sasrec", train_sasrec, cfg, data, hist)
+    model = _timed(hist, "content", train_content, cfg, data, text, hist)
+    bpr = _timed(hist, "bpr", train_bpr, cfg, data, hist)
+    stage1 = _timed(hist, "stage1", train_stage1, cfg, data, model, text, hist)
+    fusion = fit_calibration(cfg, data, model, hist=hist)
+    return Trained(cfg, data, text, sasrec, bpr, model, stage1, hist, fusion)
 
 
 def save_run(trained: Trained, run_dir: Path) -> None:
@@ -358,6 +481,7 @@ def save_run(trained: Trained, run_dir: Path) -> None:
         {
             "sasrec": trained.sasrec.state_dict(),
             "bpr": trained.bpr.state_dict(),
+            "model": trained.model.state_dict(),
             "stage1": trained.stage1.state_dict(),
             "text": trained.text,
             "fusion": trained.fusion,
@@ -382,38 +506,26 @@ def load_run(run_dir: Path, cache_dir: Path) -> Trained:
         **{f.name: meta["config"][f.name] for f in fields(TrainConfig) if f.name in meta["config"]}
     )
     torch.set_num_threads(cfg.threads)
-    if cfg.synthetic:
-        data = synthetic_dataset(seed=cfg.seed)
-    else:
-        data = load_dataset(
-            cache_dir, cold_fraction=cfg.cold_fraction, seed=cfg.seed, max_users=cfg.max_users
-        )
+    if "split_seed" not in meta["config"]:  # runs before the split seed was separate
+        cfg.split_seed = cfg.seed
+    data = load_split(cfg, cache_dir)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    sasrec = SASRec(
-        data.n_items,
-        cfg.dim,
-        cfg.max_len,
-        n_blocks=cfg.blocks,
-        n_heads=cfg.heads,
-        dropout=cfg.dropout,
-    )
+    if "model" not in ckpt:
+        raise ValueError(f"{run_dir} predates the content-aware model: train again")
+    sasrec = SASRec(data.n_items, cfg.dim, cfg.max_len, **_sasrec_args(cfg))
     sasrec.load_state_dict(ckpt["sasrec"])
     sasrec.eval()
     bpr = BPRMF(data.n_users, data.n_items, cfg.bpr_dim)
     bpr.load_state_dict(ckpt["bpr"])
     text = ckpt["text"]
+    model = _content_model(cfg, data, text)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
     stage1 = ALLMRecStage1(cfg.dim, text.shape[1], cfg.joint_dim)
     stage1.load_state_dict(ckpt["stage1"])
     stage1.eval()
     return Trained(
-        cfg,
-        data,
-        text,
-        sasrec,
-        bpr,
-        stage1,
-        meta.get("history", {}),
-        ckpt.get("fusion", {"text": 0.0, "pop": 0.0}),
+        cfg, data, text, sasrec, bpr, model, stage1, meta.get("history", {}), ckpt["fusion"]
     )
 
 
@@ -429,16 +541,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--tiny", action="store_true", help="seconds-long synthetic run (tests)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default 42)")
+    parser.add_argument(
+        "--split-seed", type=int, default=None, help="seed of the cold-item split (default 42)"
+    )
+    parser.add_argument(
+        "--cold-fraction",
+        type=float,
+        default=None,
+        help="share of items held out as cold (default 0.15; 0 = the standard protocol)",
+    )
+    parser.add_argument("--id-dropout", type=float, default=None, help="ablation knob")
+    parser.add_argument("--no-text", action="store_true", help="ablation: ID-only model")
+    parser.add_argument(
+        "--last-window", action="store_true", help="ablation: one window per user (old recipe)"
+    )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any TrainConfig field (experiments), e.g. --set sas_lr=0.002",
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig()
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.split_seed is not None:
+        cfg.split_seed = args.split_seed
+    if args.cold_fraction is not None:
+        cfg.cold_fraction = args.cold_fraction
+    if args.id_dropout is not None:
+        cfg.id_dropout = args.id_dropout
+    cfg.use_text = cfg.use_text and not args.no_text
+    cfg.all_windows = cfg.all_windows and not args.last_window
     if args.threads is not None:
         cfg.threads = args.threads
+    types = {f.name: type(getattr(cfg, f.name)) for f in fields(TrainConfig)}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in types:
+            parser.error(f"--set: no TrainConfig field {key!r}")
+        kind = types[key]
+        setattr(cfg, key, value.lower() in {"1", "true", "yes"} if kind is bool else kind(value))
     started = time.perf_counter()
     trained = train_all(cfg, args.home / "cache")
     run_dir = args.home / "runs" / args.version

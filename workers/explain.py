@@ -1,0 +1,278 @@
+"""The ``explain`` role: one grounded explanation per recommended item (XRec style).
+
+For each item of a recommendation list it gathers the evidence first — the
+user's history items nearest to it in the joint (A-LLMRec) space, the
+attributes it shares with those items, its popularity rank — and then writes
+the text from that evidence only:
+
+* a grounded template always can; it names nothing but the evidence;
+* the LLM may, for the first ``explain_llm_items`` items of lists that answer
+  a request or a chat message, when its budget share allows and within the
+  deadline. Its text must pass the grounding check (every title or item id it
+  names is the item itself or in its evidence; no link, no other user);
+  one that fails is replaced by the template.
+
+Each explanation carries its evidence and its source (``llm`` or ``template``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from contracts import Evidence, Explanation, Recommendation, derive_id, topics
+from workers.catalog import CatalogView, ItemRecord
+from workers.llm import LLM, BudgetExceeded, UserContext
+from workers.llm_items import guarded, items_of, llm_item
+from workers.outputs import Output, OutputStore
+from workers.recommend import Scorer
+from workers.settings import ServingSettings
+from workers.state import UserStateStore
+
+__all__ = ["ExplainHandler", "GroundingCheck", "check_grounding", "template_text"]
+
+logger = logging.getLogger(__name__)
+
+# History items cited per explanation: enough to ground, few enough to read.
+EVIDENCE_ITEMS: Final = 2
+ESTIMATED_TOKENS: Final = 500
+_LINK = re.compile(
+    r"(https?://|hxxps?://|www\.|\[\.\]|\b[a-z0-9-]+\.(com|net|org|io|ru|cn|info|xyz)\b)", re.I
+)
+_ITEM_ID = re.compile(r"\b(?:item|movie|film|user|id)[\s:#_-]*\d+\b", re.I)
+
+
+def _norm(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in {"Cf", "Cc"})
+    return re.sub(r"\s+", " ", text)
+
+
+def _short_title(title: str) -> str:
+    """'Star Wars (1977)' -> 'star wars'; 'Usual Suspects, The (1995)' -> 'the usual suspects'."""
+    base = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
+    m = re.match(r"^(.*), (The|A|An)$", base)
+    if m:
+        base = f"{m.group(2)} {m.group(1)}"
+    return _norm(base)
+
+
+@dataclass(frozen=True, slots=True)
+class GroundingCheck:
+    passed: bool
+    problem: str = ""
+
+
+def check_grounding(
+    text: str,
+    *,
+    allowed_titles: Iterable[str],
+    allowed_ids: Iterable[str],
+    catalog_titles: Iterable[str],
+) -> GroundingCheck:
+    """Whether ``text`` names only what its evidence allows.
+
+    Fails on: a link in any form; an id-like token ("item 42", "user 7") that
+    is not an allowed id; the title of any catalog item that is not allowed
+    (titles of three or more characters, matched on word boundaries after
+    normalisation).
+    """
+    norm = _norm(text)
+    if _LINK.search(norm):
+        return GroundingCheck(False, "link")
+    allowed_id_set = {_norm(i) for i in allowed_ids}
+    for m in _ITEM_ID.finditer(norm):
+        token = re.sub(r"^\D+", "", m.group(0))
+        if token not in allowed_id_set and m.group(0) not in allowed_id_set:
+            return GroundingCheck(False, f"names an id outside its evidence ({m.group(0)!r})")
+    allowed = {_short_title(t) for t in allowed_titles}
+    for title in catalog_titles:
+        short = _short_title(title)
+        if len(short) < 3 or short in allowed or any(short in a for a in allowed):
+            continue
+        if re.search(r"(?<!\w)" + re.escape(short) + r"(?!\w)", norm):
+            return GroundingCheck(False, f"names a title outside its evidence ({short!r})")
+    return GroundingCheck(True)
+
+
+def template_text(item: ItemRecord, evidence: Sequence[Evidence], titles: dict[str, str]) -> str:
+    """A sentence built from the evidence alone (so it is grounded by construction)."""
+    history = [titles[e.item_id] for e in evidence if e.kind == "history_item" and e.item_id]
+    shared = [e.value for e in evidence if e.kind == "attribute" and e.value]
+    popular = [e.value for e in evidence if e.kind == "popularity" and e.value]
+    stated = [e.value for e in evidence if e.kind == "similar_users" and e.value]
+    parts = []
+    if history:
+        parts.append(f"it is close to {' and '.join(history)}, which you watched")
+    if shared:
+        parts.append(f"it shares {', '.join(shared[:3])} with them")
+    if stated:
+        parts.append(f"it matches what you asked for ({stated[0]})")
+    if popular:
+        parts.append(f"it is #{popular[0]} among trending titles right now")
+    if not parts:
+        parts.append("it is new in the catalog")
+    text = f"Recommended: {item.title or item.item_id}, because " + "; ".join(parts) + "."
+    return text[:1000]
+
+
+class ExplainHandler:
+    """Explanations for each recommendation list (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        scorer: Scorer,
+        catalog: CatalogView,
+        user_state: UserStateStore,
+        popular: Any,
+        outputs: OutputStore,
+        serving: ServingSettings,
+        llm: LLM | None,
+        budget: Any = None,
+    ) -> None:
+        self._scorer = scorer
+        self._catalog = catalog
+        self._user_state = user_state
+        self._popular = popular
+        self._outputs = outputs
+        self._serving = serving
+        self._llm = llm
+        self._budget = budget
+        self._slots = asyncio.Semaphore(serving.llm_concurrency)
+
+    async def __call__(self, recs: Sequence[Recommendation]) -> list[Output]:
+        recs = [r for r in recs if r.items]
+        if not recs:
+            return []
+        n_items = self._serving.explain_max_items
+        wanted = [
+            (
+                topics.EXPLANATIONS,
+                r.user_id.encode(),
+                derive_id("expl", r.rec_id, i.item_id),
+            )
+            for r in recs
+            for i in r.items[:n_items]
+        ]
+        stored = await self._outputs.get_many(wanted)
+        if all(s is not None for s in stored):
+            return [s for s in stored if s is not None]
+        states = {
+            s.user_id: s
+            for s in await self._user_state.load(sorted({r.user_id for r in recs}), weights=False)
+        }
+        done = {w[2] for w, s in zip(wanted, stored, strict=True) if s is not None}
+        jobs = []
+        for rec in recs:
+            history = list(states[rec.user_id].history) if rec.user_id in states else []
+            llm_left = (
+                self._serving.explain_llm_items
+                if self._llm is not None
+                and self._serving.llm_explain
+                and rec.cause.kind in {"request", "chat"}
+                else 0
+            )
+            for item in rec.items[:n_items]:
+                if derive_id("expl", rec.rec_id, item.item_id) in done:
+                    continue
+                jobs.append(self._explain(rec, item.item_id, history, use_llm=llm_left > 0))
+                llm_left -= 1
+        fresh = iter(await self._outputs.put_many(await asyncio.gather(*jobs)))
+        return [s if s is not None else next(fresh) for s in stored]
+
+    def _evidence(self, item_id: str, history: Sequence[str]) -> list[Evidence]:
+        evidence: list[Evidence] = []
+        if history:
+            near = self._scorer.similar_many([[item_id]], 50, [()])[0]
+            recent = set(history[:50])
+            cited = [i for i in near if i in recent][:EVIDENCE_ITEMS]
+            evidence += [Evidence("history_item", item_id=i) for i in cited]
+            mine = set(self._catalog.tokens(item_id))
+            shared: dict[str, None] = {}
+            for cited_id in cited:
+                for token in self._catalog.tokens(cited_id):
+                    if token in mine and token.startswith("genres="):
+                        shared.setdefault(token, None)
+            evidence += [
+                Evidence("attribute", name="genre", value=t.split("=", 1)[1])
+                for t in list(shared)[:3]
+            ]
+        popular = getattr(self._popular, "popular", [])
+        if item_id in popular[:100]:
+            evidence.append(Evidence("popularity", value=str(popular.index(item_id) + 1)))
+        return evidence
+
+    async def _explain(
+        self, rec: Recommendation, item_id: str, history: Sequence[str], *, use_llm: bool
+    ) -> Output:
+        record = self._catalog.items.get(item_id) or ItemRecord(item_id, item_id, {}, False)
+        evidence = self._evidence(item_id, history)
+        titles = {
+            e.item_id: (self._catalog.items[e.item_id].title or e.item_id)
+            for e in evidence
+            if e.item_id and e.item_id in self._catalog.items
+        }
+        text, source = template_text(record, evidence, titles), "template"
+        if use_llm:
+            written = await self._llm_text(rec, record, evidence, titles)
+            if written is not None:
+                text, source = written, "llm"
+        explanation = Explanation(
+            explanation_id=derive_id("expl", rec.rec_id, item_id),
+            rec_id=rec.rec_id,
+            user_id=rec.user_id,
+            item_id=item_id,
+            text=text,
+            evidence=tuple(evidence),
+            source=source,  # type: ignore[arg-type]
+            ts_ms=int(time.time() * 1000),
+        )
+        return Output(topics.EXPLANATIONS, rec.user_id.encode(), explanation)
+
+    async def _llm_text(
+        self,
+        rec: Recommendation,
+        record: ItemRecord,
+        evidence: Sequence[Evidence],
+        titles: dict[str, str],
+    ) -> str | None:
+        assert self._llm is not None
+        cited = items_of(self._catalog, [e.item_id for e in evidence if e.item_id])
+        reservation = None
+        if self._budget is not None:
+            try:
+                reservation = await self._budget.reserve(ESTIMATED_TOKENS, 0.0)
+            except BudgetExceeded:
+                return None
+        async with self._slots:
+            result, _ = await guarded(
+                self._llm.explain(
+                    UserContext(history=cited),
+                    llm_item(record),
+                    cited,
+                    deadline=self._serving.explain_deadline_ms / 1000,
+                ),
+                f"explain {rec.rec_id}",
+            )
+        if reservation is not None:
+            spent = result.usage.total_tokens if result is not None else 0
+            await self._budget.settle(reservation, spent, 0.0)
+        if result is None:
+            return None
+        check = check_grounding(
+            result.text,
+            allowed_titles=[record.title, *titles.values()],
+            allowed_ids=[record.item_id, *titles],
+            catalog_titles=(r.title for r in self._catalog.items.values() if r.title),
+        )
+        if not check.passed:
+            logger.info("explain %s: LLM text failed grounding (%s)", rec.rec_id, check.problem)
+            return None
+        return result.text
