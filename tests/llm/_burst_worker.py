@@ -1,7 +1,7 @@
 """A worker process for the shared-limit test: bursts calls at the test server.
 
 Usage: python -m tests.llm._burst_worker URL REDIS_URL KEY_PREFIX RPM TPM WINDOW N
-Prints one JSON line: {"ok": n, "refused": n, "other": n}.
+Prints one JSON line: {"ok": n, "refused": n, "late": n, "other": n}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from workers.llm import LLM, EndpointSettings, Item, LLMError, LLMPool, LLMSettings, UserContext
-from workers.llm.errors import RateLimited
+from workers.llm.errors import DeadlineExceeded, RateLimited
 
 
 async def run(argv: list[str]) -> dict[str, int]:
@@ -24,7 +24,7 @@ async def run(argv: list[str]) -> dict[str, int]:
     )
     settings = LLMSettings(endpoints=(endpoint,), key_prefix=prefix, cache_enabled=False)
     client = aioredis.from_url(redis_url)
-    counts = {"ok": 0, "refused": 0, "other": 0}
+    counts = {"ok": 0, "refused": 0, "late": 0, "other": 0}
     items = [Item(f"i{k}", f"Item {k}", "text " * (k * 7 % 40)) for k in range(6)]
     async with LLMPool(settings, redis=client) as pool:
         llm = LLM(pool)
@@ -37,6 +37,10 @@ async def run(argv: list[str]) -> dict[str, int]:
                 counts["ok"] += 1
             except RateLimited:
                 counts["refused"] += 1
+            except DeadlineExceeded:
+                # Admitted, but the answer came after the deadline: on a busy machine
+                # the processes are slow, not the limiter wrong. Counted apart.
+                counts["late"] += 1
             except LLMError as exc:
                 counts["other"] += 1
                 print(type(exc).__name__, exc, file=sys.stderr)

@@ -48,14 +48,16 @@ async def test_four_processes_bursting_10x_respect_rpm_and_tpm(
     assert all(p.returncode == 0 for p in procs)
     ok = sum(r["ok"] for r in results)
     refused = sum(r["refused"] for r in results)
+    late = sum(r["late"] for r in results)
     counters = server.counters(window)
     print(
         f"\nshared limits: rpm={rpm} tpm={tpm} window={window}s sent={4 * per_worker} "
-        f"ok={ok} refused={refused} counters={counters}"
+        f"ok={ok} refused={refused} late={late} counters={counters}"
     )
-    assert counters["requests"] == ok
+    # A late call may or may not have reached the server before its deadline.
+    assert ok <= counters["requests"] <= ok + late
     # the binding limit was used, not just refused
-    assert ok >= min(rpm, tpm // 1200)
+    assert ok + late >= min(rpm, tpm // 1200)
     assert refused > 0 and sum(r["other"] for r in results) == 0
     assert counters["max_requests_in_window"] <= rpm
     assert counters["max_tokens_in_window"] <= tpm

@@ -8,7 +8,10 @@
   quality: a new item reaching users whose history is close to it.
 
 RECSTREAM_TEST_MODEL_DIR / RECSTREAM_TEST_ML100K_MODEL_DIR point at exported
-model directories to skip training while iterating locally; CI always trains.
+model directories. The test command (scripts/test) trains the ML-100k model
+before pytest starts (scripts/ensure-model, cached per version of the training
+code), so no test's timeout ever includes training; without it, the fixture
+trains here.
 """
 
 from __future__ import annotations
