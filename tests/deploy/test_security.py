@@ -1,0 +1,163 @@
+"""Authentication against real servers: Redis ACL users and Kafka SASL_SSL (SCRAM-SHA-512).
+
+The worker's own resources connect with the credentials its settings read
+from files (the *_FILE variables a Kubernetes Secret mount provides), and are
+refused without them, with wrong ones, or (Redis) as a user lacking the
+commands a state update needs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka.errors import KafkaError
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+from contracts import Interaction, topics
+from streams.kafka import (
+    KafkaProducerResource,
+    client_security,
+    ensure_topics,
+    faust_credentials,
+    topic_reader,
+)
+from tests.deploy.servers import AclRedis, ScramKafka
+from workers.errors import ResourceError, StateStoreError
+from workers.resources import RedisResource
+from workers.settings import KafkaSettings, RedisSettings, Secret
+from workers.state import UserStateStore
+
+pytestmark = [pytest.mark.integration]
+
+
+def _secret_file(tmp_path: Path, name: str, value: str) -> str:
+    path = tmp_path / name
+    path.write_text(value + "\n")  # as `kubectl create secret --from-file` often leaves it
+    return str(path)
+
+
+def _redis_settings(
+    server: AclRedis, tmp_path: Path, user: str | None, password: str | None
+) -> RedisSettings:
+    env = {"RECSTREAM_REDIS_URL": server.url(), "RECSTREAM_REDIS_KEY_PREFIX": "rs"}
+    if user is not None:
+        env["RECSTREAM_REDIS_USERNAME"] = user
+    if password is not None:
+        env["RECSTREAM_REDIS_PASSWORD_FILE"] = _secret_file(tmp_path, "redis-password", password)
+    return RedisSettings.from_mapping(env)
+
+
+def _events() -> list[Interaction]:
+    return [Interaction(f"e{k}", "u1", f"i{k}", "purchase", 1_000 + k) for k in range(5)]
+
+
+async def test_redis_acl_user_updates_state(acl_redis: AclRedis, tmp_path: Path) -> None:
+    settings = _redis_settings(acl_redis, tmp_path, "recstream", acl_redis.users["recstream"])
+    assert acl_redis.users["recstream"] not in repr(settings)
+    async with RedisResource(settings) as redis:
+        store = UserStateStore(redis)
+        result = await store.apply(_events())
+        assert result.applied == 5
+        (state,) = await store.load(["u1"], history=10)
+        assert set(state.history) == {f"i{k}" for k in range(5)}
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "refusal"),
+    [
+        (None, None, "Authentication required"),
+        ("recstream", "wrong-password", "invalid username-password pair"),
+        ("nobody", "wrong-password", "invalid username-password pair"),
+    ],
+    ids=["no-credentials", "wrong-password", "unknown-user"],
+)
+async def test_redis_refuses_bad_credentials(
+    acl_redis: AclRedis, tmp_path: Path, user: str | None, password: str | None, refusal: str
+) -> None:
+    settings = _redis_settings(acl_redis, tmp_path, user, password)
+    with pytest.raises(StateStoreError, match=refusal):
+        async with RedisResource(settings):
+            pass
+
+
+async def test_redis_user_without_script_rights_cannot_update_state(
+    acl_redis: AclRedis, tmp_path: Path
+) -> None:
+    settings = _redis_settings(acl_redis, tmp_path, "reader", acl_redis.users["reader"])
+    async with RedisResource(settings) as redis:  # connecting and PING are allowed
+        with pytest.raises(StateStoreError, match="no permissions") as raised:
+            await UserStateStore(redis).apply(_events())
+        # A permission error is a misconfiguration: retrying cannot fix it.
+        assert raised.value.retriable is False
+
+
+def _kafka_settings(server: ScramKafka, tmp_path: Path, password: str) -> KafkaSettings:
+    return KafkaSettings.from_mapping(
+        {
+            "RECSTREAM_KAFKA_BOOTSTRAP": server.bootstrap,
+            "RECSTREAM_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:8]}-",
+            "RECSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RECSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "RECSTREAM_KAFKA_SASL_USERNAME_FILE": _secret_file(tmp_path, "user", server.username),
+            "RECSTREAM_KAFKA_SASL_PASSWORD_FILE": _secret_file(tmp_path, "password", password),
+            "RECSTREAM_KAFKA_SSL_CAFILE": str(server.ca),
+        }
+    )
+
+
+@pytest.mark.slow
+async def test_kafka_scram_over_tls_produces_and_consumes(
+    scram_kafka: ScramKafka, tmp_path: Path
+) -> None:
+    settings = _kafka_settings(scram_kafka, tmp_path, scram_kafka.password)
+    assert scram_kafka.password not in repr(settings)
+    created = await ensure_topics(settings, [topics.INTERACTIONS], partitions=1, timeout_s=30)
+    assert created == [settings.topic(topics.INTERACTIONS)]
+    async with KafkaProducerResource(settings) as producer:
+        await producer.send(topics.INTERACTIONS, b'{"probe": 1}', key=b"u1")
+    consumer = topic_reader(settings, topics.INTERACTIONS)
+    await consumer.start()
+    try:
+        records = await consumer.getmany(timeout_ms=10_000)
+    finally:
+        await consumer.stop()
+    values = [r.value for batch in records.values() for r in batch]
+    assert values == [b'{"probe": 1}']
+
+
+@pytest.mark.slow
+async def test_kafka_refuses_wrong_password(scram_kafka: ScramKafka, tmp_path: Path) -> None:
+    settings = _kafka_settings(scram_kafka, tmp_path, "not-the-password")
+    mark = scram_kafka.log_size()
+    with pytest.raises((ResourceError, KafkaError)):
+        async with KafkaProducerResource(settings):
+            pass
+    # aiokafka reports only "unable to bootstrap"; the broker says why.
+    log = scram_kafka.log_since(mark)
+    assert "Failed authentication" in log
+    assert "invalid credentials with SASL mechanism SCRAM-SHA-512" in log
+
+
+@pytest.mark.slow
+async def test_kafka_refuses_a_client_without_sasl(scram_kafka: ScramKafka) -> None:
+    settings = KafkaSettings(bootstrap_servers=scram_kafka.bootstrap)
+    mark = scram_kafka.log_size()
+    with pytest.raises((ResourceError, KafkaError)):
+        async with KafkaProducerResource(settings):
+            pass
+    assert "SSL handshake failed" in scram_kafka.log_since(mark)
+
+
+def test_faust_gets_the_same_security_as_aiokafka() -> None:
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_username="recstream", sasl_password=Secret("pw")
+    )
+    faust_kwargs = credentials_to_aiokafka_auth(faust_credentials(settings))
+    ours = client_security(settings)
+    assert {k: v for k, v in faust_kwargs.items() if k != "ssl_context"} == {
+        k: v for k, v in ours.items() if k != "ssl_context"
+    }
+    assert faust_kwargs["ssl_context"] is not None
+    assert faust_credentials(KafkaSettings()) is None
