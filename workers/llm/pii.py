@@ -201,17 +201,7 @@ def _spans(view: str) -> list[tuple[int, int, str]]:
     add = found.append
     for m in _EMAIL_PLAIN.finditer(view) if "@" in view else ():
         add((m.start(), m.end(), "EMAIL"))
-    pos = 0 if _AT_HINT.search(view) else len(view)
-    while (m := _EMAIL.search(view, pos)) is not None:
-        pos = m.start() + 1  # a refused match may hide one that starts inside it
-        text = m.group(0)
-        if "@" not in text and not re.search(r"[\[({<]\s*at|\bAT\b", text):
-            # plain " at " / " dot ": only with a real top-level domain
-            last = re.split(r"\s+dot\s+|\.", text, flags=re.IGNORECASE)[-1].strip().lower()
-            if last not in TLDS or not _PLAIN_AT.search(text):
-                continue
-        add((m.start(), m.end(), "EMAIL"))
-        pos = m.end()
+    found.extend(_obfuscated_emails(view))
     for m in _IBAN.finditer(view):
         span = _valid_iban(view, m)
         if span:
@@ -254,6 +244,22 @@ def _spans(view: str) -> list[tuple[int, int, str]]:
             add((m.start(), _tail(view, m.end()), "ADDRESS"))
     for m in _POSTCODE.finditer(view):
         add((m.start(), _tail(view, m.end()), "ADDRESS"))
+    return found
+
+
+def _obfuscated_emails(view: str) -> list[tuple[int, int, str]]:
+    found: list[tuple[int, int, str]] = []
+    pos = 0 if _AT_HINT.search(view) else len(view)
+    while (m := _EMAIL.search(view, pos)) is not None:
+        pos = m.start() + 1  # a refused match may hide one that starts inside it
+        text = m.group(0)
+        if "@" not in text and not re.search(r"[\[({<]\s*at|\bAT\b", text):
+            # plain " at " / " dot ": only with a real top-level domain
+            last = re.split(r"\s+dot\s+|\.", text, flags=re.IGNORECASE)[-1].strip().lower()
+            if last not in TLDS or not _PLAIN_AT.search(text):
+                continue
+        found.append((m.start(), m.end(), "EMAIL"))
+        pos = m.end()
     return found
 
 

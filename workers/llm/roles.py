@@ -163,6 +163,10 @@ class _Batcher(Generic[R]):
                 return results
 
             results, usage = await llm.pool.complete(request, deadline=deadline, parse=parse)
+        except InvalidOutput:
+            # One task's hostile text must not sink the others: each gets its own call.
+            await asyncio.gather(*(self._single(p) for p in batch))
+            return
         except LLMError as exc:
             for p in batch:
                 _settle(p.future, exc)
