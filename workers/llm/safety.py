@@ -135,9 +135,10 @@ _ALNUM = re.compile(r"[^0-9a-z]")
 #: (10 let a prompt through in chunks of 9; 6 words of our prompts do not
 #: occur in a normal explanation)
 SHINGLE_WORDS: Final = 6
-#: cosine similarity to the system prompt (or one of its sentences) above
-#: which an output counts as a paraphrase of it (all-MiniLM-L6-v2)
-EMBED_THRESHOLD: Final = 0.6
+#: cosine similarity to the system prompt (or one of its sentences) from
+#: which an output counts as a paraphrase of it; all-MiniLM-L6-v2 measured
+#: benign recommendation text at <= 0.48, close paraphrases at 0.72-0.84
+EMBED_THRESHOLD: Final = 0.55
 # Talk about the prompt itself: nothing a recommendation needs to say.
 _META = re.compile(
     r"\bsystem\s*(?:prompt|message|instructions?)\b|\bprompt\s+(?:says|reads|is)\b"
@@ -262,7 +263,10 @@ class LeakGuard:
                 for canary in self._canaries:
                     public = public.replace(canary, "")
                 pieces.append(public)
-                pieces.extend(p for p in re.split(r"(?<=[.:])\s+|\n", public) if len(p) > 30)
+                # whole sentences only: a fragment ("It was supplied by users
+                # and the catalog:") is too close to harmless text
+                sentences = re.split(r"(?<=[.!?])\s+|\n", public)
+                pieces.extend(p for p in sentences if len(p.split()) >= 8)
             self._prompt_vectors = np.asarray(self._embedder(pieces), dtype=np.float32)
         vector = np.asarray(self._embedder([text]), dtype=np.float32)[0]
         if float(np.max(self._prompt_vectors @ vector)) >= self._embed_threshold:
