@@ -49,8 +49,8 @@ def _redis_settings(
     return RedisSettings.from_mapping(env)
 
 
-def _events() -> list[Interaction]:
-    return [Interaction(f"e{k}", "u1", f"i{k}", "purchase", 1_000 + k) for k in range(5)]
+def _events(user: str = "u1") -> list[Interaction]:
+    return [Interaction(f"{user}-e{k}", user, f"i{k}", "purchase", 1_000 + k) for k in range(5)]
 
 
 async def test_redis_acl_user_updates_state(acl_redis: AclRedis, tmp_path: Path) -> None:
@@ -58,9 +58,10 @@ async def test_redis_acl_user_updates_state(acl_redis: AclRedis, tmp_path: Path)
     assert acl_redis.users["recstream"] not in repr(settings)
     async with RedisResource(settings) as redis:
         store = UserStateStore(redis)
-        result = await store.apply(_events())
+        user = f"u-{uuid.uuid4().hex[:8]}"  # the server is shared with the worker test
+        result = await store.apply(_events(user))
         assert result.applied == 5
-        (state,) = await store.load(["u1"], history=10)
+        (state,) = await store.load([user], history=10)
         assert set(state.history) == {f"i{k}" for k in range(5)}
 
 
