@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import CODECS, DecodeError, Event, RecstreamError, topics
 from streams.deadletter import dead_letter
-from streams.kafka import KafkaProducerResource
+from streams.kafka import KafkaProducerResource, faust_credentials
 from streams.metrics import METRICS
 from workers.outputs import Output
 from workers.roles import Role, consumer_group
@@ -251,6 +251,7 @@ def create_app(
     app = RecstreamApp(
         group,
         broker=[f"kafka://{h}" for h in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         # Topics exist on purpose (recstream topics); faust must not create any.
@@ -264,7 +265,7 @@ def create_app(
         stream_wait_empty=False,
         web_enabled=True,
         web_port=settings.stream.web_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.stream.web_bind,
         web_in_thread=False,
         producer_acks=-1,
         broker_commit_interval=1.0,
