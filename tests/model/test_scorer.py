@@ -105,6 +105,25 @@ async def test_new_items_are_scoreable_from_text(tiny_model: TinyModel) -> None:
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
+async def test_item_added_at_run_time_scores_like_a_cold_item(tiny_model: TinyModel) -> None:
+    """A run-time item is scored by the same model as the exported cold items:
+    the same text gives the same row (MiniLM in ONNX vs torch, ~1e-5 apart)."""
+    from workers.training.data import synthetic_dataset
+
+    data = synthetic_dataset(seed=42)
+    cold = [int(i) for i in data.cold_items[:5]]
+    texts = [data.item_text[i - 1] for i in cold]
+    async with Scorer.open(tiny_model.settings()) as scorer:
+        trained_rows = [scorer.row(str(i)) for i in cold]
+        rows = await scorer.add_items([f"copy-{i}" for i in cold], texts)
+        vectors = scorer.item_vectors()
+        np.testing.assert_allclose(vectors[rows], vectors[trained_rows], atol=1e-3)
+        hist = scorer.histories([["3", "4", "5"]] * len(cold))
+        cands = np.stack([np.asarray(trained_rows), rows], axis=1)
+        scores = await scorer.score(hist, cands)
+    np.testing.assert_allclose(scores[:, 0], scores[:, 1], atol=1e-3)
+
+
 async def test_lifecycle_close_twice_safe_reopen_refused(tiny_model: TinyModel) -> None:
     scorer = Scorer.open(tiny_model.settings())
     with pytest.raises(ResourceClosedError):
