@@ -8,14 +8,17 @@ commands a state update needs.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from contracts import Interaction, topics
+from contracts import CODECS, DeadLetter, Interaction, topics
 from streams.kafka import (
     KafkaProducerResource,
     client_security,
@@ -24,9 +27,10 @@ from streams.kafka import (
     topic_reader,
 )
 from tests.deploy.servers import AclRedis, ScramKafka
+from tests.streams.harness import WorkerProcess, worker_env
 from workers.errors import ResourceError, StateStoreError
 from workers.resources import RedisResource
-from workers.settings import KafkaSettings, RedisSettings, Secret
+from workers.settings import KafkaSettings, RedisSettings, Secret, Settings
 from workers.state import UserStateStore
 
 pytestmark = [pytest.mark.integration]
@@ -162,3 +166,80 @@ def test_faust_gets_the_same_security_as_aiokafka() -> None:
     }
     assert faust_kwargs["ssl_context"] is not None
     assert faust_credentials(KafkaSettings()) is None
+
+
+def _worker_kafka_env(
+    server: ScramKafka, kafka: KafkaSettings, tmp_path: Path, password: str
+) -> dict[str, str]:
+    return {
+        "RECSTREAM_KAFKA_BOOTSTRAP": server.bootstrap,
+        "RECSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "RECSTREAM_KAFKA_SASL_USERNAME_FILE": _secret_file(tmp_path, "w-user", server.username),
+        "RECSTREAM_KAFKA_SASL_PASSWORD_FILE": _secret_file(tmp_path, "w-password", password),
+        "RECSTREAM_KAFKA_SSL_CAFILE": str(server.ca),
+        "RECSTREAM_TOPIC_PREFIX": kafka.topic_prefix,
+        "RECSTREAM_GROUP_PREFIX": f"g-{kafka.topic_prefix}",
+    }
+
+
+@pytest.mark.slow
+async def test_worker_consumes_and_produces_over_scram_and_is_refused_with_a_wrong_password(
+    scram_kafka: ScramKafka,
+    settings: Settings,
+    redis_client: object,
+    model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    kafka = _kafka_settings(scram_kafka, tmp_path, scram_kafka.password)
+    await ensure_topics(kafka, topics.ALL_TOPICS, partitions=1, timeout_s=30)
+    good = WorkerProcess(
+        worker_env(
+            settings,
+            model_dir,
+            **_worker_kafka_env(scram_kafka, kafka, tmp_path, scram_kafka.password),
+        ),
+        ["interactions"],
+        tmp_path / "good.log",
+    ).start()
+    try:
+        await good.wait_ready(timeout=180)
+        async with KafkaProducerResource(kafka) as producer:
+            await producer.send(topics.INTERACTIONS, b"{not json", b"u1")
+        # The worker consumed the record and produced its dead letter, both as its SCRAM user.
+        consumer = topic_reader(kafka, topics.DEAD_LETTERS)
+        await consumer.start()
+        try:
+            letters: list[bytes] = []
+            deadline = time.monotonic() + 90
+            while not letters and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=1000)
+                letters += [r.value for batch in batches.values() for r in batch]
+        finally:
+            await consumer.stop()
+        assert len(letters) == 1, good.tail()
+        letter = CODECS[topics.DEAD_LETTERS].decode(letters[0])
+        assert isinstance(letter, DeadLetter) and letter.source_topic == kafka.topic(
+            topics.INTERACTIONS
+        )
+    finally:
+        assert good.stop() == 0, good.tail()
+
+    mark = scram_kafka.log_size()
+    bad = WorkerProcess(
+        worker_env(settings, model_dir, **_worker_kafka_env(scram_kafka, kafka, tmp_path, "wrong")),
+        ["interactions"],
+        tmp_path / "bad.log",
+    ).start()
+    try:
+        deadline = time.monotonic() + 90
+        while "invalid credentials" not in scram_kafka.log_since(mark):
+            assert time.monotonic() < deadline, bad.tail()
+            await asyncio.sleep(0.5)
+        if bad.alive():
+            try:
+                ready = (await bad.get("/readyz")).status_code
+            except httpx.HTTPError:
+                ready = None  # not serving at all: refused as well
+            assert ready != 200
+    finally:
+        bad.stop()
