@@ -1,6 +1,7 @@
 """Real servers for the security tests, started on free loopback ports and stopped after.
 
-- :class:`AclRedis`: a redis-server with ACL users only (the default user is off).
+- :class:`AclRedis`: a redis-server with ACL users only (the default user is off),
+  optionally on TLS only.
 - :class:`ScramKafka`: a single KRaft node from the jars that deploy/local/infra.sh
   caches, with a SASL_SSL listener (SCRAM-SHA-512 users formatted into its
   storage, ``--add-scram``) and a TLS certificate from a CA made for the test.
@@ -33,9 +34,11 @@ class AclRedis:
     users: dict[str, str]  # name -> password
     process: subprocess.Popen[bytes]
     workdir: Path
+    # With TLS: the CA of the server's certificate (and no plaintext port).
+    ca: Path | None = None
 
     @classmethod
-    def start(cls, workdir: Path) -> AclRedis:
+    def start(cls, workdir: Path, *, tls: bool = False) -> AclRedis:
         users = {"recstream": "w0rker-" + uuid.uuid4().hex, "reader": "r3ader-" + uuid.uuid4().hex}
         acl = workdir / "users.acl"
         acl.write_text(
@@ -45,16 +48,25 @@ class AclRedis:
             f"user reader on >{users['reader']} ~* resetchannels -@all +@read +@connection\n"
         )
         port = free_port()
+        ca: Path | None = None
+        listen = ["--port", str(port)]
+        if tls:
+            ca, cert, key = make_tls(workdir)
+            listen = [
+                "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         process = subprocess.Popen(
             [
-                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "redis-server", *listen, "--bind", "127.0.0.1",
                 "--dir", str(workdir), "--aclfile", str(acl), "--save", "",
                 "--appendonly", "no", "--logfile", str(workdir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        server = cls(port, users, process, workdir)
+        server = cls(port, users, process, workdir, ca)
         server._wait()
         return server
 
@@ -65,8 +77,9 @@ class AclRedis:
                 raise RuntimeError(
                     f"redis-server exited: {(self.workdir / 'redis.log').read_text()}"
                 )
+            tls = ["--tls", "--cacert", str(self.ca)] if self.ca else []
             probe = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"],
+                ["redis-cli", *tls, "-p", str(self.port), "ping"],
                 check=False,
                 capture_output=True,
                 text=True,

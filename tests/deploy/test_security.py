@@ -98,6 +98,36 @@ async def test_redis_user_without_script_rights_cannot_update_state(
         assert raised.value.retriable is False
 
 
+async def test_redis_over_tls_with_the_acl_user(acl_redis_tls: AclRedis, tmp_path: Path) -> None:
+    assert acl_redis_tls.ca is not None
+    plain = RedisSettings.from_mapping(
+        {
+            "RECSTREAM_REDIS_URL": acl_redis_tls.url(),
+            "RECSTREAM_REDIS_USERNAME": "recstream",
+            "RECSTREAM_REDIS_PASSWORD": acl_redis_tls.users["recstream"],
+        }
+    )
+    tls = RedisSettings.from_mapping(
+        {
+            "RECSTREAM_REDIS_URL": acl_redis_tls.url(),
+            "RECSTREAM_REDIS_USERNAME": "recstream",
+            "RECSTREAM_REDIS_PASSWORD_FILE": _secret_file(
+                tmp_path, "tls-password", acl_redis_tls.users["recstream"]
+            ),
+            "RECSTREAM_REDIS_TLS_CA_FILE": str(acl_redis_tls.ca),
+        }
+    )
+    assert tls.url.reveal().startswith("rediss://")
+    async with RedisResource(tls) as redis:
+        assert (
+            await UserStateStore(redis).apply(_events(f"u-{uuid.uuid4().hex[:8]}"))
+        ).applied == 5
+    # The server speaks TLS only: a plaintext client with the right password gets nowhere.
+    with pytest.raises(StateStoreError):
+        async with RedisResource(plain):
+            pass
+
+
 def _kafka_settings(server: ScramKafka, tmp_path: Path, password: str) -> KafkaSettings:
     return KafkaSettings.from_mapping(
         {
