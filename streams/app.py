@@ -120,6 +120,10 @@ class BatchProcessor:
         METRICS.batch_size.labels(topic).observe(len(records))
         for o in outputs:
             METRICS.events_out.labels(o.topic).inc()
+            route = getattr(o.event, "route", None)
+            if route is not None:
+                rung = getattr(o.event, "rung", None) or getattr(o.event, "source", None) or ""
+                METRICS.served.labels(o.topic, route, rung).inc()
             total = getattr(o.event, "timings_ms", {}).get("total")
             if total is not None:
                 METRICS.latency.labels(o.topic).observe(total / 1000)

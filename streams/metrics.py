@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["METRICS", "StreamMetrics"]
@@ -39,8 +46,16 @@ class StreamMetrics:
             "recstream_consumer_lag", "records behind the end", ["topic", "partition"], registry=r
         )
 
+        self.served = Counter(
+            "recstream_served_total",
+            "outputs by serving route and the fallback-ladder rung that answered",
+            ["topic", "route", "rung"],
+            registry=r,
+        )
+
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        # The stream's own registry, then the default one (the LLM pool's metrics).
+        return generate_latest(self.registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 METRICS = StreamMetrics()

@@ -10,6 +10,7 @@ import sys
 import faust
 
 from streams.app import BatchProcessor, Health, create_app
+from streams.jsonlog import worker_logging_config
 from streams.kafka import KafkaProducerResource, ensure_topics
 from workers.roles import ALL, ROLES, Role, resolve
 from workers.runtime import Runtime
@@ -26,6 +27,9 @@ def run_worker(settings: Settings, roles: list[Role], *, loglevel: str = "INFO")
     stack = contextlib.AsyncExitStack()
 
     async def factory() -> BatchProcessor:
+        # One line per LLM call comes from the pool; httpx's per-request INFO lines
+        # would double it (set here: faust configures logging when the worker starts).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         # Open into a local stack first: if anything fails, what did open is
         # closed at once (faust restarts the agent, which calls us again).
         async with contextlib.AsyncExitStack() as opening:
@@ -45,7 +49,13 @@ def run_worker(settings: Settings, roles: list[Role], *, loglevel: str = "INFO")
     app = create_app(settings, roles, factory, health)
     app.closers.append(stack.aclose)
 
-    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, override_logging=True)
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        redirect_stdouts=False,
+        override_logging=True,
+        logging_config=worker_logging_config(settings.log_format, loglevel),
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode's worker always ends by raising SystemExit
@@ -59,7 +69,8 @@ def main(argv: list[str]) -> int:
         description="Consume input topics and emit recommendations. Each role is its own "
         "consumer group (scale roles apart); several roles in one process share one group; "
         "'all' runs every role in one process. Exposes "
-        "/healthz, /readyz and /metrics on 127.0.0.1:$RECSTREAM_WEB_PORT (default 6066).",
+        "/healthz, /readyz and /metrics on $RECSTREAM_WEB_BIND:$RECSTREAM_WEB_PORT (default "
+        "127.0.0.1:6066).",
     )
     roles_help = "; ".join(f"{r.name}: {r.description}" for r in ROLES.values())
     parser.add_argument(

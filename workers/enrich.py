@@ -8,7 +8,8 @@ prompt), and attached to that version of the item in the catalog store; every
 process's catalog view then reloads the item, and the scorer re-embeds its
 text with the features (A-LLMRec's text path), so the enriched embedding is
 what serving uses. Items the model was trained on keep their collaborative
-embedding; enrichment only changes items known from text.
+embedding, so they are never sent: only items known from text alone are
+enriched (selective use: one call per new item version, cached).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from workers.catalog import CatalogStore
 from workers.llm import LLM, BudgetExceeded, Item
 from workers.llm_items import guarded
 from workers.outputs import Output
+from workers.recommend import Scorer
 from workers.settings import ServingSettings
 
 __all__ = ["EnrichHandler", "is_thin"]
@@ -51,11 +53,13 @@ class EnrichHandler:
         self,
         *,
         store: CatalogStore,
+        scorer: Scorer,
         serving: ServingSettings,
         llm: LLM | None,
         budget: Any = None,
     ) -> None:
         self._store = store
+        self._scorer = scorer
         self._serving = serving
         self._llm = llm
         self._budget = budget
@@ -68,7 +72,7 @@ class EnrichHandler:
         for change in changes:
             if change.item_id not in latest or change.ts_ms >= latest[change.item_id].ts_ms:
                 latest[change.item_id] = change
-        thin = [c for c in latest.values() if is_thin(c)]
+        thin = [c for c in latest.values() if is_thin(c) and not self._scorer.is_trained(c.item_id)]
         if self._llm is None or not thin:
             self.skipped += len(thin)
             return []

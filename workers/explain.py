@@ -6,9 +6,9 @@ attributes it shares with those items, its popularity rank — and then writes
 the text from that evidence only:
 
 * a grounded template always can; it names nothing but the evidence;
-* the LLM may, for the first ``explain_llm_items`` items of lists that answer
-  a request or a chat message, when its budget share allows and within the
-  deadline. Its text must pass the grounding check (every title or item id it
+* the LLM may, for the first ``explain_llm_items`` items of lists whose route
+  is in ``explain_llm_routes`` (by default the LLM cold-start route), when its
+  budget share allows and within the deadline. Its text must pass the grounding check (every title or item id it
   names is the item itself or in its evidence; no link, no other user);
   one that fails is replaced by the template.
 
@@ -35,7 +35,13 @@ from workers.recommend import Scorer
 from workers.settings import ServingSettings
 from workers.state import UserStateStore
 
-__all__ = ["ExplainHandler", "GroundingCheck", "check_grounding", "template_text"]
+__all__ = [
+    "ExplainHandler",
+    "GroundingCheck",
+    "check_grounding",
+    "display_title",
+    "template_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,13 @@ def check_grounding(
     norm = _norm(text)
     if _LINK.search(norm):
         return GroundingCheck(False, "link")
+    allowed_titles = list(allowed_titles)
+    # What the evidence allows is taken out first, so a title with an id-like or
+    # another title's words in it ("Independence Day (ID4)") is not misread.
+    for title in allowed_titles:
+        for form in {_norm(title), _short_title(title)}:
+            if len(form) >= 3:
+                norm = norm.replace(form, " ")
     allowed_id_set = {_norm(i) for i in allowed_ids}
     for m in _ITEM_ID.finditer(norm):
         token = re.sub(r"^\D+", "", m.group(0))
@@ -101,9 +114,17 @@ def check_grounding(
     return GroundingCheck(True)
 
 
+def display_title(title: str) -> str:
+    """'Long Kiss Goodnight, The' -> 'The Long Kiss Goodnight' (as people write it)."""
+    m = re.match(r"^(.*), (The|A|An)(\s*\(\d{4}\))?$", title.strip())
+    return f"{m.group(2)} {m.group(1)}{m.group(3) or ''}" if m else title
+
+
 def template_text(item: ItemRecord, evidence: Sequence[Evidence], titles: dict[str, str]) -> str:
     """A sentence built from the evidence alone (so it is grounded by construction)."""
-    history = [titles[e.item_id] for e in evidence if e.kind == "history_item" and e.item_id]
+    history = [
+        display_title(titles[e.item_id]) for e in evidence if e.kind == "history_item" and e.item_id
+    ]
     shared = [e.value for e in evidence if e.kind == "attribute" and e.value]
     popular = [e.value for e in evidence if e.kind == "popularity" and e.value]
     stated = [e.value for e in evidence if e.kind == "similar_users" and e.value]
@@ -118,7 +139,8 @@ def template_text(item: ItemRecord, evidence: Sequence[Evidence], titles: dict[s
         parts.append(f"it is #{popular[0]} among trending titles right now")
     if not parts:
         parts.append("it is new in the catalog")
-    text = f"Recommended: {item.title or item.item_id}, because " + "; ".join(parts) + "."
+    name = display_title(item.title) if item.title else item.item_id
+    text = f"Recommended: {name}, because " + "; ".join(parts) + "."
     return text[:1000]
 
 
@@ -176,7 +198,7 @@ class ExplainHandler:
                 self._serving.explain_llm_items
                 if self._llm is not None
                 and self._serving.llm_explain
-                and rec.cause.kind in {"request", "chat"}
+                and (rec.route or "") in self._serving.explain_llm_routes
                 else 0
             )
             for item in rec.items[:n_items]:

@@ -205,7 +205,11 @@ class Runtime(Resource):
                 **common,
             ),
             "enrich": lambda: EnrichHandler(
-                store=self.catalog_store, serving=serving, llm=llm, budget=budget("explain")
+                store=self.catalog_store,
+                scorer=self.scorer,
+                serving=serving,
+                llm=llm,
+                budget=budget("explain"),
             ),
         }
         if role.name not in handlers:

@@ -136,8 +136,10 @@ class ModelScorer(Resource):
         """Items nearest (cosine in the joint space) to each free text, with the cosine."""
         if not texts or k <= 0:
             return [[] for _ in texts]
-        unit = self._unit_vectors()
         queries = await self._scorer.joint_from_texts(texts)
+        # After the await: items may have been added meanwhile, and the rows of
+        # ``exclude`` must index the same table as the unit vectors.
+        unit = self._unit_vectors()
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
         sims = (queries / norms) @ unit.T
@@ -185,6 +187,10 @@ class ModelScorer(Resource):
     def has_new_items(self) -> bool:
         """Whether any item was added at run time from its text."""
         return self._scorer.n_items > self._trained_rows
+
+    def is_trained(self, item_id: str) -> bool:
+        """True for items the model was trained on (they carry collaborative signal)."""
+        return 0 < self._scorer.row(item_id) <= self._trained_rows
 
     def is_new(self, item_id: str) -> bool:
         """True for items the model knows from their text only (added at run time)."""

@@ -249,10 +249,13 @@ class ServingSettings:
     chat_deadline_ms: int = 4000
     explain_deadline_ms: int = 3000
     # Explanations: how many items of a list get one, and how many of those
-    # may be LLM-written (the rest use the grounded template). Only lists
-    # answering a request or a chat message get LLM-written ones.
+    # may be LLM-written (the rest use the grounded template).
     explain_max_items: int = 10
     explain_llm_items: int = 1
+    # Lists of these routes may get LLM-written explanations: by default those an
+    # LLM path produced (a cold user who stated what they want), where the user
+    # is already on the LLM-grade path; model lists use the grounded template.
+    explain_llm_routes: frozenset[str] = frozenset({"llm_cold"})
     # Share of the LLM token budget per minute each path may spend (0..1 of
     # RECSTREAM_LLM_BUDGET_TOKENS_PER_MINUTE; ignored when that is 0).
     budget_share_cold: float = 0.4
@@ -285,13 +288,20 @@ class ServingSettings:
             llm_explain=env_bool(env, "LLM_EXPLAIN", cls.llm_explain),
             min_query_chars=env_int(env, "MIN_QUERY_CHARS", cls.min_query_chars, minimum=0),
             chat_complex_at=env_float(env, "CHAT_COMPLEX_AT", cls.chat_complex_at),
-            llm_concurrency=env_int(env, "LLM_CONCURRENCY", cls.llm_concurrency, minimum=1),
+            llm_concurrency=env_int(env, "LLM_ROLE_CONCURRENCY", cls.llm_concurrency, minimum=1),
             chat_deadline_ms=env_int(env, "CHAT_DEADLINE_MS", cls.chat_deadline_ms, minimum=50),
             explain_deadline_ms=env_int(
                 env, "EXPLAIN_DEADLINE_MS", cls.explain_deadline_ms, minimum=50
             ),
             explain_max_items=env_int(env, "EXPLAIN_MAX_ITEMS", cls.explain_max_items, minimum=0),
             explain_llm_items=env_int(env, "EXPLAIN_LLM_ITEMS", cls.explain_llm_items, minimum=0),
+            explain_llm_routes=frozenset(
+                r.strip()
+                for r in env_str(env, "EXPLAIN_LLM_ROUTES", ",".join(cls.explain_llm_routes)).split(
+                    ","
+                )
+                if r.strip()
+            ),
             budget_share_cold=shares["cold"],
             budget_share_chat=shares["chat"],
             budget_share_explain=shares["explain"],
@@ -315,6 +325,8 @@ class Settings:
     # Local runtime folder: infra data, logs, model artifacts (dev default).
     home: Path = REPO_ROOT / ".local"
     log_level: str = "INFO"
+    # "text" (faust's format) or "json" (one JSON object per line, for log shippers).
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -333,6 +345,7 @@ class Settings:
             llm=_llm_settings().from_mapping(env),
             home=Path(env_str(env, "HOME", str(REPO_ROOT / ".local"))),
             log_level=env_str(env, "LOG_LEVEL", "INFO").upper(),
+            log_format=_log_format(env_str(env, "LOG_FORMAT", "text")),
         )
 
 
@@ -347,3 +360,10 @@ def _llm_settings() -> type[LLMSettings]:
     from workers.llm.settings import LLMSettings
 
     return LLMSettings
+
+
+def _log_format(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in {"text", "json"}:
+        raise ConfigError(f"{PREFIX}LOG_FORMAT must be text or json, got {value!r}")
+    return lowered

@@ -109,6 +109,9 @@ class MemoryScorer:
     def popular(self) -> list[str]:
         return []
 
+    def is_trained(self, item_id: str) -> bool:
+        return self._row.get(item_id, self._trained) < self._trained
+
     def is_new(self, item_id: str) -> bool:
         return self._row.get(item_id, -1) >= self._trained
 

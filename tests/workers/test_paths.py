@@ -14,6 +14,7 @@ import pytest
 
 from contracts import (
     CODECS,
+    CatalogChange,
     ChatMessage,
     ChatReply,
     Explanation,
@@ -343,7 +344,10 @@ async def test_llm_explanations_pass_grounding_or_are_replaced(
     open_runtime: OpenRuntime, llm_server: LLMTestServer
 ) -> None:
     async with open_runtime(
-        ["interactions", "requests", "explain"], llm=llm_server, llm_pool={"cache_enabled": False}
+        ["interactions", "requests", "explain"],
+        llm=llm_server,
+        llm_pool={"cache_enabled": False},
+        explain_llm_routes=frozenset({"model"}),  # default: LLM routes only
     ) as rt:
         await rt.handler("interactions")(history("fan", ["m8", "m9", "m10", "m22"]))
         [rec] = await rt.handler("requests")([RecommendationRequest("ry", "fan", 5, 0)])
@@ -370,8 +374,37 @@ async def test_llm_explanations_pass_grounding_or_are_replaced(
                 if getattr(o.event, "item_id", None) == first_item
             ]
     llm_written = [e for e in good if isinstance(e, Explanation) and e.source == "llm"]
-    assert len(llm_written) == 1, "one LLM-written explanation per request list by default"
+    assert len(llm_written) == 1, "one LLM-written explanation per list by default"
     assert len(replaced) == 2
     assert all(isinstance(e, Explanation) and e.source == "template" for e in replaced), replaced
     texts = [e.text for e in replaced if isinstance(e, Explanation)]
     assert not any("Zombie Harbor" in t or "www." in t for t in texts), texts
+
+
+# --- enrichment ----------------------------------------------------------------------
+
+
+async def test_enrichment_adds_llm_features_to_new_thin_items_only(
+    open_runtime: OpenRuntime, llm_server: LLMTestServer
+) -> None:
+    new = CatalogChange("cat-new", "new-1", "upsert", 5_000, title="Nightfall", attributes={})
+    trained = CatalogChange("cat-m1b", "m1", "upsert", 5_000, title="Laugh Riot", attributes={})
+    async with open_runtime(["catalog", "enrich"], llm=llm_server) as rt:
+        await rt.handler("catalog")([new, trained])
+        await rt.handler("enrich")([new, trained])
+        await rt.catalog.refresh()
+        record = rt.catalog.items["new-1"]
+    assert len(llm_server.records) == 1, "only the item known from text alone is sent"
+    assert record.attributes.get("themes") == ["friendship"]
+    assert "Themes: friendship." in record.text
+
+
+async def test_model_lists_get_template_explanations_by_default(
+    open_runtime: OpenRuntime, llm_server: LLMTestServer
+) -> None:
+    async with open_runtime(["interactions", "requests", "explain"], llm=llm_server) as rt:
+        await rt.handler("interactions")(history("fan", ["m8", "m9", "m10", "m22"]))
+        [rec] = await rt.handler("requests")([RecommendationRequest("rd", "fan", 5, 0)])
+        out = await rt.handler("explain")([rec.event])
+    assert {getattr(o.event, "source", None) for o in out} == {"template"}
+    assert not llm_server.records

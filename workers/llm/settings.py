@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from workers.env import PREFIX, Secret, env_bool, env_float, env_int, env_str
+from workers.env import PREFIX, Secret, env_bool, env_float, env_int, env_secret, env_str
 from workers.errors import ConfigError
 
 __all__ = ["EndpointSettings", "LLMSettings"]
@@ -180,7 +180,7 @@ def _endpoints_from_env(env: Mapping[str, str]) -> tuple[EndpointSettings, ...]:
         EndpointSettings(
             base_url=base_url,
             model=env_str(env, "LLM_MODEL", d.model),
-            api_key=Secret(env_str(env, "LLM_API_KEY", "")),
+            api_key=env_secret(env, "LLM_API_KEY"),
             rpm=env_int(env, "LLM_RPM", d.rpm, minimum=0),
             tpm=env_int(env, "LLM_TPM", d.tpm, minimum=0),
             concurrency=env_int(env, "LLM_CONCURRENCY", d.concurrency, minimum=1),
