@@ -8,9 +8,13 @@ Usage::
         scores = await scorer.score(hist, cand)                # float32 [B, C]
         await scorer.add_items(["new-1"], ["A film (2026). Genres: Drama."])
 
-How a score is computed (see docs/model.md): SASRec reads the history rows of
-``item_input`` and yields a user vector ``u`` (d values); the candidate's row
-``j`` of ``item_joint`` (d + 1 values) gives ``score = <u, j[:d]> + j[d]``.
+How a score is computed (see docs/model.md): the content-aware SASRec reads
+the history rows of ``item_input`` and yields a user vector ``u`` (d values);
+the candidate's row ``j`` of ``item_joint`` (d + 1 values) gives
+``score = <u, j[:d]> + j[d]``. A trained item's row is its ID embedding plus
+its projected text; a cold item's, or one added here from its text, is the
+projected text alone with the offset fitted on validation in the last column,
+so new items compete with trained ones in the same ranking.
 
 Inference and table updates run on one dedicated thread, off the event loop
 and serialised with each other, so a new item never races a batch. The

@@ -351,6 +351,7 @@ def train_stage1(
     bar = tqdm(range(1, cfg.s1_epochs + 1), desc="A-LLMRec stage 1", unit="ep")
     n = len(targets)
     step_size = max(1, cfg.s1_batch * cfg.max_len)
+    epoch = 0
     for epoch in bar:
         stage1.train()
         perm = torch.randperm(n, generator=gen)
