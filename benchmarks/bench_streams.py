@@ -240,7 +240,10 @@ async def bench_requests(n: int, fixed_rate: float, latency_requests: int) -> di
             await asyncio.sleep(0.2)
     rcodec = CODECS[topics.REQUESTS]
     rng = np.random.default_rng(0)
-    batch = [RecommendationRequest(f"tp-{i}", str(rng.choice(users)), 10, 0) for i in range(n)]
+    batch = [
+        RecommendationRequest(f"tp-{i}", str(rng.choice(users)), 10, int(time.time() * 1000))
+        for i in range(n)
+    ]
     await _produce(
         settings, topics.REQUESTS, [(r.user_id.encode(), rcodec.encode(r)) for r in batch]
     )
@@ -284,7 +287,9 @@ async def _latency_at_rate(
     async def send_all() -> None:
         t0 = time.perf_counter()
         for i in range(count):
-            r = RecommendationRequest(f"lat-{i}", str(rng.choice(users)), 10, 0)
+            r = RecommendationRequest(
+                f"lat-{i}", str(rng.choice(users)), 10, int(time.time() * 1000)
+            )
             meta = await (
                 await producer.send(
                     settings.kafka.topic(topics.REQUESTS),

@@ -9,6 +9,7 @@ required fields, enums, lengths, unknown fields). Every failure raises one
 from __future__ import annotations
 
 import importlib.resources
+import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -78,6 +79,36 @@ def _field_of(exc: fastjsonschema.JsonSchemaValueException, data: Any) -> tuple[
     return (base or "$"), reason[:300]
 
 
+def _count_keys(value: Any) -> int:
+    if isinstance(value, dict):
+        return len(value) + sum(_count_keys(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count_keys(v) for v in value)
+    return 0
+
+
+def _may_repeat_keys(payload: bytes | bytearray | memoryview, data: Any) -> bool:
+    """Cheap screen: fewer keys parsed than ``":`` separators in the bytes means a key
+    may have been given twice (orjson keeps the last). Strings holding ``":`` also
+    trip it, rarely; the exact check below then decides."""
+    return bytes(payload).count(b'":') > _count_keys(data)
+
+
+def _refuse_repeated_keys(schema: str, payload: bytes | bytearray | memoryview) -> None:
+    """Parse again, noting every object's keys; refuse a key given twice in one object
+    (a payload must not say two things, and consumers disagree on which one wins)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise DecodeError(schema, key, "key given twice in one JSON object")
+            seen.add(key)
+        return dict(items)
+
+    json.loads(bytes(payload), object_pairs_hook=pairs)
+
+
 class Codec(Generic[E]):
     """Decodes bytes into one event type and encodes it back, both validated.
 
@@ -137,6 +168,8 @@ class Codec(Generic[E]):
             if "UTF-8" in text or "surrogate" in text:
                 raise self._fail("$", "payload is not valid UTF-8") from None
             raise self._fail("$", f"not valid JSON: {text[:200]}") from None
+        if _may_repeat_keys(payload, data):
+            _refuse_repeated_keys(self.schema_name, payload)
         self.validate(data)
         try:
             event: E = self.event_type.from_dict(data)

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from contracts import CODECS, DecodeError, Event, RecstreamError, topics
+from contracts import CODECS, Event, RecstreamError, topics
 from streams.deadletter import dead_letter
 from streams.kafka import KafkaProducerResource, faust_credentials
 from streams.metrics import METRICS
@@ -36,6 +36,7 @@ from workers.outputs import Output
 from workers.roles import Role, consumer_group
 from workers.runtime import Handler
 from workers.settings import Settings
+from workers.validation import Plausibility, check_plausible
 
 __all__ = ["BatchProcessor", "Health", "RecstreamApp", "create_app"]
 
@@ -44,11 +45,6 @@ logger = logging.getLogger(__name__)
 # Infrastructure errors that pass: retry the batch (without acking) rather than
 # dead-letter valid input. Anything else that is not a RecstreamError is a bug.
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaConnectionError, KafkaTimeoutError)
-
-# Events stamped further in the future than this are refused: one bogus
-# year-3000 timestamp would otherwise pin the trending window or freeze a
-# catalog item (changes older than the stored one are ignored).
-MAX_FUTURE_SKEW_MS = 3600 * 1000
 
 
 @dataclass
@@ -84,21 +80,27 @@ class BatchProcessor:
         self.producer = producer
         self.health = health
         self.settings = settings
+        stream = settings.stream
+        self.plausibility = Plausibility(
+            ts_floor_ms=stream.ts_floor_ms,
+            max_future_skew_ms=stream.max_future_skew_ms,
+            rating_min=stream.rating_min,
+            rating_max=stream.rating_max,
+        )
 
     def _decode(
         self, topic: str, records: Sequence[Any]
     ) -> tuple[list[Event], list[Any], list[Output]]:
         """(valid events, their records, dead letters for the rest)."""
         codec = CODECS[topic]
-        horizon = int(time.time() * 1000) + MAX_FUTURE_SKEW_MS
+        now_ms = int(time.time() * 1000)
         valid: list[Event] = []
         valid_records: list[Any] = []
         dead: list[Output] = []
         for r in records:
             try:
                 event = codec.decode(r.value)
-                if getattr(event, "ts_ms", 0) > horizon:
-                    raise DecodeError(codec.schema_name, "ts_ms", "timestamp is in the future")
+                check_plausible(topic, r.key, event, self.plausibility, now_ms=now_ms)
             except RecstreamError as exc:
                 dead.append(_dead(r, exc))
             else:
@@ -275,6 +277,9 @@ def create_app(
         broker_commit_interval=1.0,
         store="memory://",
         table_cleanup_interval=3600.0,
+        # faust keeps a small data folder per app: under RECSTREAM_HOME, never the cwd.
+        datadir=str(settings.home / "faust" / group),
+        consumer_group_instance_id=settings.stream.instance_id or None,
     )
     # Every agent shares one processor (one model, one Redis pool, one producer):
     # memoise the future, so agents starting together do not each build one.

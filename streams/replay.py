@@ -42,7 +42,11 @@ from contracts import (
 from streams.kafka import ensure_topics
 from workers.settings import Settings
 
-__all__ = ["ReplayStats", "ml100k_events", "ml100k_folder", "replay"]
+__all__ = ["CATALOG_TS_MS", "ReplayStats", "ml100k_events", "ml100k_folder", "replay"]
+
+# The catalog's version time: the data set's first rating (1997-09-20), so every
+# item exists, in event time, before anyone rates it.
+CATALOG_TS_MS = 874_724_710_000
 
 # A day in the data set's own time between interactions is not needed: ids
 # and order carry the meaning; timestamps are the data's own (1997-1998).
@@ -106,7 +110,7 @@ def ml100k_events(
                     f"ml-item-{item}",
                     item,
                     "upsert",
-                    0,
+                    CATALOG_TS_MS,
                     title=title or f"item {item}",
                     attributes=attributes,
                 )

@@ -37,7 +37,12 @@ logger = logging.getLogger(__name__)
 # away for days, and such a process reloads everything instead.
 _LOG_MAX = 200_000
 
-# KEYS: item hash, seq, log, fresh. ARGV: ts, op, title, description, attrs_json, item_id
+# A delete of an item never seen is remembered this long (to refuse a late
+# upsert of it), then forgotten; deletes of known items are kept for good.
+UNKNOWN_TOMBSTONE_TTL_MS = 30 * 24 * 3600 * 1000
+
+# KEYS: item hash, seq, log, fresh.
+# ARGV: ts, op, title, description, attrs_json, item_id, unknown-item tombstone TTL (ms)
 _APPLY_LUA = """
 local ts = tonumber(ARGV[1])
 local stored = tonumber(redis.call('HGET', KEYS[1], 'ts') or '-1')
@@ -47,12 +52,21 @@ if ts == stored and ARGV[2] == 'upsert' and redis.call('HGET', KEYS[1], 'deleted
   return 0
 end
 if ARGV[2] == 'delete' then
+  local seen = redis.call('HGET', KEYS[1], 'seen')
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 1)
   redis.call('ZREM', KEYS[4], ARGV[6])
+  if seen then
+    redis.call('HSET', KEYS[1], 'seen', 1)
+  else
+    -- A delete of an item never upserted only guards against a late upsert of it:
+    -- keep that tombstone a while, not forever (ids of unknown items are unbounded).
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  end
 else
   redis.call('HSET', KEYS[1], 'ts', ts, 'deleted', 0, 'title', ARGV[3],
-             'description', ARGV[4], 'attributes', ARGV[5])
+             'description', ARGV[4], 'attributes', ARGV[5], 'seen', 1)
+  redis.call('PERSIST', KEYS[1])
   redis.call('ZADD', KEYS[4], 'NX', ts, ARGV[6])
 end
 local seq = redis.call('INCR', KEYS[2])
@@ -151,6 +165,7 @@ class CatalogStore:
                     change.description or "",
                     orjson.dumps(change.to_dict()["attributes"] or {}).decode(),
                     change.item_id,
+                    UNKNOWN_TOMBSTONE_TTL_MS,
                 ],
             )
             for change in changes

@@ -8,9 +8,10 @@ the text from that evidence only:
 * a grounded template always can; it names nothing but the evidence;
 * the LLM may, for the first ``explain_llm_items`` items of lists whose route
   is in ``explain_llm_routes`` (by default the LLM cold-start route), when its
-  budget share allows and within the deadline. Its text must pass the grounding check (every title or item id it
-  names is the item itself or in its evidence; no link, no other user);
-  one that fails is replaced by the template.
+  budget share allows and within the deadline. Its text must pass the
+  grounding check (every title or item id it names is the item itself or in
+  its evidence; no link, no other user); one that fails is replaced by the
+  template.
 
 Each explanation carries its evidence and its source (``llm`` or ``template``).
 """

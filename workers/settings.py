@@ -207,10 +207,33 @@ class StreamSettings:
     web_bind: str = "127.0.0.1"
     # A consumer that has had records waiting this long without progress is stalled.
     stall_after_s: float = 60.0
+    # Plausibility of input (workers.validation): timestamps before the floor
+    # (default 1990-01-01, which admits MovieLens-100k's 1997-98 events and
+    # refuses 0 and timestamps in seconds) and ratings off the scale are
+    # dead-lettered. The default scale is MovieLens's 1-5.
+    ts_floor_ms: int = 631_152_000_000
+    max_future_skew_ms: int = 3_600_000
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    # Static group membership (Kafka's group.instance.id): a worker restarted
+    # with the same id (a pod's stable name) takes its partitions back at once
+    # instead of waiting for a rebalance. Must be unique per process; empty = off.
+    instance_id: str = ""
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> StreamSettings:
+        rating_min = env_float(env, "RATING_MIN", cls.rating_min)
+        rating_max = env_float(env, "RATING_MAX", cls.rating_max)
+        if rating_min > rating_max:
+            raise ConfigError(f"{PREFIX}RATING_MIN must not exceed {PREFIX}RATING_MAX")
         return cls(
+            ts_floor_ms=env_int(env, "TS_FLOOR_MS", cls.ts_floor_ms, minimum=0),
+            max_future_skew_ms=env_int(
+                env, "MAX_FUTURE_SKEW_MS", cls.max_future_skew_ms, minimum=0
+            ),
+            rating_min=rating_min,
+            rating_max=rating_max,
+            instance_id=env_str(env, "INSTANCE_ID", cls.instance_id),
             group_prefix=env_str(env, "GROUP_PREFIX", cls.group_prefix),
             batch_max=env_int(env, "BATCH_MAX", cls.batch_max, minimum=1),
             batch_within_ms=env_int(env, "BATCH_WITHIN_MS", cls.batch_within_ms, minimum=1),

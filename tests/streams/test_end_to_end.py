@@ -95,7 +95,8 @@ async def test_every_request_answered_once_with_valid_items(
         await _wait_for_state(settings, expected)
         # Requests after the interactions, so "consumed" is exactly the input history.
         users = sorted(expected)
-        requests = [RecommendationRequest(f"q-{u}", u, 10, 0) for u in users]
+        now = int(time.time() * 1000)
+        requests = [RecommendationRequest(f"q-{u}", u, 10, now) for u in users]
         async with KafkaProducerResource(settings.kafka) as producer:
             for r in requests:
                 await producer.send(

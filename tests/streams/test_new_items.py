@@ -37,7 +37,8 @@ async def test_new_catalog_item_is_recommended_then_deleted_never(
     codec = CODECS[topics.REQUESTS]
 
     async def probe(producer: KafkaProducerResource, tag: str, k: int) -> list[Recommendation]:
-        requests = [RecommendationRequest(f"{tag}-{u}", u, k, 0) for u in sorted(expected)]
+        now = int(time.time() * 1000)
+        requests = [RecommendationRequest(f"{tag}-{u}", u, k, now) for u in sorted(expected)]
         for r in requests:
             await producer.send(topics.REQUESTS, codec.encode(r), r.user_id.encode())
         ids = {r.request_id for r in requests}
@@ -56,7 +57,7 @@ async def test_new_catalog_item_is_recommended_then_deleted_never(
             "new-item-upsert",
             "new-1",
             "upsert",
-            1,
+            int(time.time() * 1000),
             title=f"{latest.title} II",
             attributes=dict(latest.attributes or {}),
         )
@@ -71,7 +72,7 @@ async def test_new_catalog_item_is_recommended_then_deleted_never(
                 reached = [r.user_id for r in recs if "new-1" in {i.item_id for i in r.items}]
             seen_after = time.monotonic() - added
             assert reached, "the new item never reached any user"
-            delete = CatalogChange("new-item-delete", "new-1", "delete", 2)
+            delete = CatalogChange("new-item-delete", "new-1", "delete", sequel.ts_ms + 1)
             await producer.send(topics.CATALOG, CODECS[topics.CATALOG].encode(delete), b"new-1")
             await producer.send(topics.CATALOG, CODECS[topics.CATALOG].encode(sequel), b"new-1")
             await asyncio.sleep(3)  # more than one catalog poll interval
