@@ -130,21 +130,30 @@ def item_tables(
 
 
 def score_functions(trained: Trained) -> dict[str, ScoreFn]:
-    cfg, data, sas = trained.config, trained.data, trained.sasrec
+    cfg, data, sas, bpr_model = trained.config, trained.data, trained.sasrec, trained.bpr
     counts = torch.from_numpy(data.train_popularity()).double()
-    sas_table = sas.item_emb.weight.detach()
 
     def popularity(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
         return counts.expand(len(hists), -1).numpy()
 
-    @torch.no_grad()
-    def bpr(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
-        return trained.bpr.scores(torch.from_numpy(users)).numpy()
+    baselines: dict[str, ScoreFn] = {}
+    if bpr_model is not None:
 
-    @torch.no_grad()
-    def sasrec(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
-        u = sas.user(left_pad(list(hists), cfg.max_len))
-        return (u @ sas_table.T).numpy()
+        @torch.no_grad()
+        def bpr(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+            assert bpr_model is not None
+            return bpr_model.scores(torch.from_numpy(users)).numpy()
+
+        baselines["BPR-MF"] = bpr
+    if sas is not None:
+
+        @torch.no_grad()
+        def sasrec(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
+            assert sas is not None
+            u = sas.user(left_pad(list(hists), cfg.max_len))
+            return (u @ sas.item_emb.weight.T).numpy()
+
+        baselines["SASRec"] = sasrec
 
     def served(fusion: dict[str, float]) -> ScoreFn:
         item_input, item_joint = item_tables(trained, fusion)
@@ -173,8 +182,7 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
     mean_logpop = float(counts.log1p()[torch.from_numpy(data.warm_mask)].mean())
     return {
         "Popularity": popularity,
-        "BPR-MF": bpr,
-        "SASRec": sasrec,
+        **baselines,
         "A-LLMRec": served(trained.fusion),
         # Ablations of the served head: what does each part add?
         "A-LLMRec -calibration": served({"pop": w_pop, "cold": 0.0}),

@@ -66,6 +66,8 @@ class TrainConfig:
     # item IDs dropped per batch (0: text never has to stand in for an ID).
     id_dropout: float = 0.2
     use_text: bool = True  # False: ID-only (ablation: what the text adds)
+    # SASRec and BPR-MF are only compared against; ``--no-eval`` skips them.
+    baselines: bool = True
     # BPR-MF baseline.
     bpr_dim: int = 64
     bpr_lr: float = 5e-3
@@ -104,8 +106,8 @@ class Trained:
     config: TrainConfig
     data: Dataset
     text: torch.Tensor  # [n_items + 1, 384], row 0 zeros
-    sasrec: SASRec  # baseline
-    bpr: BPRMF  # baseline
+    sasrec: SASRec | None  # baseline (None: trained without baselines)
+    bpr: BPRMF | None  # baseline
     model: ContentSASRec  # the served model
     stage1: ALLMRecStage1  # the joint space, trained against ``model``
     history: dict[str, Any]
@@ -468,9 +470,9 @@ def train_all(cfg: TrainConfig, cache_dir: Path) -> Trained:
     data = load_split(cfg, cache_dir)
     hist: dict[str, Any] = {}
     text = _timed(hist, "text", text_table, cfg, data)
-    sasrec = _timed(hist, "sasrec", train_sasrec, cfg, data, hist)
+    sasrec = _timed(hist, "sasrec", train_sasrec, cfg, data, hist) if cfg.baselines else None
     model = _timed(hist, "content", train_content, cfg, data, text, hist)
-    bpr = _timed(hist, "bpr", train_bpr, cfg, data, hist)
+    bpr = _timed(hist, "bpr", train_bpr, cfg, data, hist) if cfg.baselines else None
     stage1 = _timed(hist, "stage1", train_stage1, cfg, data, model, text, hist)
     fusion = fit_calibration(cfg, data, model, hist=hist)
     return Trained(cfg, data, text, sasrec, bpr, model, stage1, hist, fusion)
@@ -478,17 +480,17 @@ def train_all(cfg: TrainConfig, cache_dir: Path) -> Trained:
 
 def save_run(trained: Trained, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "sasrec": trained.sasrec.state_dict(),
-            "bpr": trained.bpr.state_dict(),
-            "model": trained.model.state_dict(),
-            "stage1": trained.stage1.state_dict(),
-            "text": trained.text,
-            "fusion": trained.fusion,
-        },
-        run_dir / "checkpoint.pt",
-    )
+    ckpt: dict[str, Any] = {
+        "model": trained.model.state_dict(),
+        "stage1": trained.stage1.state_dict(),
+        "text": trained.text,
+        "fusion": trained.fusion,
+    }
+    if trained.sasrec is not None:
+        ckpt["sasrec"] = trained.sasrec.state_dict()
+    if trained.bpr is not None:
+        ckpt["bpr"] = trained.bpr.state_dict()
+    torch.save(ckpt, run_dir / "checkpoint.pt")
     (run_dir / "config.json").write_text(
         json.dumps(
             {
@@ -513,11 +515,15 @@ def load_run(run_dir: Path, cache_dir: Path) -> Trained:
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     if "model" not in ckpt:
         raise ValueError(f"{run_dir} predates the content-aware model: train again")
-    sasrec = SASRec(data.n_items, cfg.dim, cfg.max_len, **_sasrec_args(cfg))
-    sasrec.load_state_dict(ckpt["sasrec"])
-    sasrec.eval()
-    bpr = BPRMF(data.n_users, data.n_items, cfg.bpr_dim)
-    bpr.load_state_dict(ckpt["bpr"])
+    sasrec: SASRec | None = None
+    if "sasrec" in ckpt:
+        sasrec = SASRec(data.n_items, cfg.dim, cfg.max_len, **_sasrec_args(cfg))
+        sasrec.load_state_dict(ckpt["sasrec"])
+        sasrec.eval()
+    bpr: BPRMF | None = None
+    if "bpr" in ckpt:
+        bpr = BPRMF(data.n_users, data.n_items, cfg.bpr_dim)
+        bpr.load_state_dict(ckpt["bpr"])
     text = ckpt["text"]
     model = _content_model(cfg, data, text)
     model.load_state_dict(ckpt["model"])
@@ -565,7 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="override any TrainConfig field (experiments), e.g. --set sas_lr=0.002",
     )
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation report")
+    parser.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip the evaluation report and the baselines only it uses (SASRec, BPR-MF)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig()
@@ -577,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.cold_fraction = args.cold_fraction
     if args.id_dropout is not None:
         cfg.id_dropout = args.id_dropout
+    cfg.baselines = cfg.baselines and not args.no_eval
     cfg.use_text = cfg.use_text and not args.no_text
     cfg.all_windows = cfg.all_windows and not args.last_window
     if args.threads is not None:
