@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import Final
 
+from workers.errors import ConfigError
+
 __all__ = ["main"]
 
 # name -> (module providing main(argv), one-line help)
@@ -34,6 +36,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
         "workers.testing.llm_server",
         "run the OpenAI-compatible LLM TEST server (not a model)",
     ),
+    "llm-local": ("streams.llm_local", "fetch + serve a real small LLM on loopback (OpenAI API)"),
     "replay": ("streams.replay", "replay MovieLens-100k into Kafka at a chosen rate"),
     "tail": ("streams.tail", "print an output topic in readable form"),
     "demo": ("streams.demo", "run the whole system end to end on the embedded default"),
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recstream: command {name!r} is not available in this build", file=sys.stderr)
             return 2
         raise
-    result: int = module.main(rest)
+    try:
+        result: int = module.main(rest)
+    except ConfigError as exc:  # a bad environment value: one line, no traceback
+        print(f"recstream {name}: configuration error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 
