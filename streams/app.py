@@ -54,6 +54,10 @@ class Health:
     ready: bool = False
     in_flight_since: dict[str, float] = field(default_factory=dict)
     retrying: dict[str, str] = field(default_factory=dict)
+    # Dependencies that do not answer their probe now (see streams.dependencies).
+    failing: dict[str, str] = field(default_factory=dict)
+    # Why the worker is not processing yet (a dependency still coming up).
+    waiting_for: str = ""
 
     def stalled(self, after_s: float) -> list[str]:
         """Roles whose batch has been in hand longer than ``after_s`` without a retry
@@ -254,6 +258,8 @@ def create_app(
 ) -> RecstreamApp:
     """A faust app with one agent per role, in the roles' consumer group."""
     group = consumer_group(settings.stream.group_prefix, roles)
+    datadir = settings.home / "faust" / group
+    datadir.mkdir(parents=True, exist_ok=True)
     app = RecstreamApp(
         group,
         broker=[f"kafka://{h}" for h in settings.kafka.bootstrap_servers.split(",")],
@@ -278,7 +284,7 @@ def create_app(
         store="memory://",
         table_cleanup_interval=3600.0,
         # faust keeps a small data folder per app: under RECSTREAM_HOME, never the cwd.
-        datadir=str(settings.home / "faust" / group),
+        datadir=str(datadir),
         consumer_group_instance_id=settings.stream.instance_id or None,
     )
     # Every agent shares one processor (one model, one Redis pool, one producer):
@@ -321,15 +327,29 @@ def create_app(
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         stalled = health.stalled(settings.stream.stall_after_s)
-        body = {"alive": not stalled, "stalled": stalled, "retrying": health.retrying}
+        body = {
+            "alive": not stalled,
+            "stalled": stalled,
+            "retrying": health.retrying,
+            "waiting_for": health.waiting_for,
+        }
         return web.json(body, status=503 if stalled else 200)
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        # Ready = resources open, no retry loop, and partitions assigned (before
-        # the group join finishes, a "ready" worker would not consume anything).
-        ok = health.ready and not health.retrying and bool(app.consumer.assignment())
-        return web.json({"ready": ok, "retrying": health.retrying}, status=200 if ok else 503)
+        # Ready = resources open, the broker and Redis answer their probes, no
+        # retry loop, and partitions assigned (before the group join finishes, a
+        # "ready" worker would not consume anything).
+        assigned = bool(app.consumer.assignment())
+        ok = health.ready and not health.retrying and not health.failing and assigned
+        body = {
+            "ready": ok,
+            "failing": health.failing,
+            "retrying": health.retrying,
+            "waiting_for": health.waiting_for,
+            "partitions_assigned": assigned,
+        }
+        return web.json(body, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
