@@ -118,6 +118,8 @@ class BatchProcessor:
         topic = role.consumes
         self.health.in_flight_since[role.name] = time.monotonic()
         valid, valid_records, dead = self._decode(topic, records)
+        if not role.dead_letters:
+            dead = []  # the topic's owner role dead-letters these
         outputs = await self._run(role.name, valid, valid_records)
         await self._send(role.name, outputs + dead)
         n_dead = len(dead) + sum(o.topic == topics.DEAD_LETTERS for o in outputs)

@@ -34,6 +34,10 @@ class Role:
     # Scaling hint for operators: what bounds one replica's throughput.
     bound_by: str
     description: str
+    # Whether this role dead-letters its topic's invalid records. One role per
+    # topic does (its owner); a second role on the same topic skips them, or
+    # every refused record would be dead-lettered twice.
+    dead_letters: bool = True
 
 
 ROLES: Final[dict[str, Role]] = {
@@ -94,6 +98,7 @@ ROLES: Final[dict[str, Role]] = {
             awaits_llm=True,
             bound_by="llm",
             description="LLM feature extraction for thin catalog text, fed into item embeddings",
+            dead_letters=False,  # the catalog role owns the catalog topic's dead letters
         ),
     )
 }
