@@ -1,0 +1,1 @@
+"""Tests of ``recstream llm-local`` (streams/llm_local.py)."""
