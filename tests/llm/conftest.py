@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from workers.llm import EndpointSettings, LLMSettings
-from workers.testing.llm_server import LLMTestServer
 from workers.settings import Secret
+from workers.testing.llm_server import LLMTestServer
 
 TEST_REDIS_URL = os.environ.get("RECSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

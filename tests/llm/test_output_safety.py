@@ -27,8 +27,8 @@ from workers.llm import (
     UserContext,
 )
 from workers.llm.prompts import ChatState, Intent
-from workers.testing.llm_server import Behaviour, LLMTestServer
 from workers.settings import Secret
+from workers.testing.llm_server import Behaviour, LLMTestServer
 
 pytestmark = pytest.mark.integration
 
