@@ -228,8 +228,9 @@ class CandidateScorer(nn.Module):
     """Exported: (histories [B, L], candidates [B, C], item_input [N, d], item_joint [N, d+1])
     -> scores [B, C] = <user, item_joint[c, :d]> + item_joint[c, d].
 
-    The last column of the joint table is the hybrid head's per-item prior
-    (weighted log-popularity); new items get 0 until a worker updates it.
+    The last column of the joint table is a per-item prior: 0 for trained
+    items, the validation-fitted offset for text-only ones (cold, or added at
+    run time).
     """
 
     def __init__(self, sasrec: SASRec) -> None:
