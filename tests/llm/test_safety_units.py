@@ -102,6 +102,7 @@ def test_grounding_allows_only_the_calls_items() -> None:
         with pytest.raises(UnsafeOutput):
             grounding.check(text)
     grounding.check("it won an Oscar")  # backed: the catalog says Oscar-nominated
+    grounding.check("a PG-13 heist film, nothing like i1")
     grounding.check("97% of viewers agree", claims=False)  # tags: no claims checked
 
 
@@ -133,6 +134,17 @@ def test_leak_guard_sees_through_disguises(leak: str) -> None:
     guard = LeakGuard([CANARY], ["You are the rank component of a recommender system."])
     with pytest.raises(UnsafeOutput):
         guard.check(f"A fine film. {leak}")
+
+
+def test_meta_talk_is_refused_even_when_the_catalog_says_it() -> None:
+    # an item description can carry an injection too: strict on purpose,
+    # at the price of refusing a real "club with hidden rules" blurb
+    guard = LeakGuard([], ["You are the rank component of a recommender system."])
+    data = {
+        "candidates": [{"id": "i1", "title": "Cult", "description": "a club with hidden rules"}]
+    }
+    with pytest.raises(UnsafeOutput):
+        guard.bound(Grounding.from_data(data)).check("A thriller about a club with hidden rules")
 
 
 def test_leak_guard_verbatim_threshold_is_six_words() -> None:

@@ -38,7 +38,7 @@ USER_REF: Final = re.compile(
 ID_SHAPE: Final = re.compile(
     r"\b(?:item|itm|movie|film|product|sku|asin|isbn)\s*[#:_\-]\s*\w+\b"
     r"|\b(?:item|itm|sku|asin)\s+\d+\b"
-    r"|\b[a-z]{1,3}[\-_:]?\d{1,12}\b"
+    r"|\b(?!pg-13\b|nc-17\b|mp[34]\b)[a-z]{1,3}[\-_:]?\d{1,12}\b"
     r"|(?<![\d.,])\d{5,}(?![\d.,])",
     re.IGNORECASE,
 )
