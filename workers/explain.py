@@ -22,7 +22,6 @@ import asyncio
 import logging
 import re
 import time
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,6 +29,9 @@ from typing import Any, Final
 from contracts import Evidence, Explanation, Recommendation, derive_id, topics
 from workers.catalog import CatalogView, ItemRecord
 from workers.llm import LLM, BudgetExceeded, UserContext
+from workers.llm.errors import UnsafeOutput
+from workers.llm.grounding import check_grounded
+from workers.llm.safety import find_link
 from workers.llm_items import guarded, items_of, llm_item
 from workers.outputs import Output, OutputStore
 from workers.recommend import Scorer
@@ -49,25 +51,6 @@ logger = logging.getLogger(__name__)
 # History items cited per explanation: enough to ground, few enough to read.
 EVIDENCE_ITEMS: Final = 2
 ESTIMATED_TOKENS: Final = 500
-_LINK = re.compile(
-    r"(https?://|hxxps?://|www\.|\[\.\]|\b[a-z0-9-]+\.(com|net|org|io|ru|cn|info|xyz)\b)", re.I
-)
-_ITEM_ID = re.compile(r"\b(?:item|movie|film|user|id)[\s:#_-]*\d+\b", re.I)
-
-
-def _norm(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in {"Cf", "Cc"})
-    return re.sub(r"\s+", " ", text)
-
-
-def _short_title(title: str) -> str:
-    """'Star Wars (1977)' -> 'star wars'; 'Usual Suspects, The (1995)' -> 'the usual suspects'."""
-    base = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
-    m = re.match(r"^(.*), (The|A|An)$", base)
-    if m:
-        base = f"{m.group(2)} {m.group(1)}"
-    return _norm(base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,35 +66,21 @@ def check_grounding(
     allowed_ids: Iterable[str],
     catalog_titles: Iterable[str],
 ) -> GroundingCheck:
-    """Whether ``text`` names only what its evidence allows.
-
-    Fails on: a link in any form; an id-like token ("item 42", "user 7") that
-    is not an allowed id; the title of any catalog item that is not allowed
-    (titles of three or more characters, matched on word boundaries after
-    normalisation).
-    """
-    norm = _norm(text)
-    if _LINK.search(norm):
-        return GroundingCheck(False, "link")
-    allowed_titles = list(allowed_titles)
-    # What the evidence allows is taken out first, so a title with an id-like or
-    # another title's words in it ("Independence Day (ID4)") is not misread.
-    for title in allowed_titles:
-        for form in {_norm(title), _short_title(title)}:
-            if len(form) >= 3:
-                norm = norm.replace(form, " ")
-    allowed_id_set = {_norm(i) for i in allowed_ids}
-    for m in _ITEM_ID.finditer(norm):
-        token = re.sub(r"^\D+", "", m.group(0))
-        if token not in allowed_id_set and m.group(0) not in allowed_id_set:
-            return GroundingCheck(False, f"names an id outside its evidence ({m.group(0)!r})")
-    allowed = {_short_title(t) for t in allowed_titles}
-    for title in catalog_titles:
-        short = _short_title(title)
-        if len(short) < 3 or short in allowed or any(short in a for a in allowed):
-            continue
-        if re.search(r"(?<!\w)" + re.escape(short) + r"(?!\w)", norm):
-            return GroundingCheck(False, f"names a title outside its evidence ({short!r})")
+    """Whether ``text`` names only what its evidence allows: the LLM library's grounding
+    check (workers.llm.grounding: links, ids, other users, unbacked claims, titles of
+    the catalog outside the evidence), read as a verdict instead of an exception."""
+    allowed = [t for t in allowed_titles if t]
+    if find_link(text):
+        return GroundingCheck(False, "output: a link")
+    try:
+        check_grounded(
+            text,
+            allowed_ids=[i for i in allowed_ids if i],
+            allowed_titles=allowed + [display_title(t) for t in allowed],
+            known_titles=[t for t in catalog_titles if t],
+        )
+    except UnsafeOutput as exc:
+        return GroundingCheck(False, str(exc))
     return GroundingCheck(True)
 
 
