@@ -43,7 +43,8 @@ from redis.exceptions import RedisError
 
 from contracts import ChatMessage, ChatReply, RankedItem, derive_id, topics
 from workers.catalog import CatalogView
-from workers.llm import LLM, BudgetExceeded, Preferences, Turn
+from workers.llm import LLM, Preferences, Turn
+from workers.llm.errors import BudgetExceeded
 from workers.llm_items import guarded, items_of
 from workers.outputs import Output, OutputStore
 from workers.policy import PolicySettings, chat_complexity, decide

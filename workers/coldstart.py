@@ -27,7 +27,8 @@ from typing import Any
 
 from contracts import LLMUsage, LLMWork, RankedItem, Recommendation, Rung, derive_id, topics
 from workers.catalog import CatalogView
-from workers.llm import LLM, BudgetExceeded, UserContext
+from workers.llm import LLM, UserContext
+from workers.llm.errors import BudgetExceeded
 from workers.llm_items import guarded, items_of
 from workers.outputs import Output, OutputStore
 from workers.recommend import Scorer

@@ -21,7 +21,8 @@ from typing import Any
 
 from contracts import CatalogChange
 from workers.catalog import CatalogStore
-from workers.llm import LLM, BudgetExceeded, Item
+from workers.llm import LLM, Item
+from workers.llm.errors import BudgetExceeded
 from workers.llm_items import guarded
 from workers.outputs import Output
 from workers.recommend import Scorer

@@ -28,8 +28,8 @@ from typing import Any, Final
 
 from contracts import Evidence, Explanation, Recommendation, derive_id, topics
 from workers.catalog import CatalogView, ItemRecord
-from workers.llm import LLM, BudgetExceeded, UserContext
-from workers.llm.errors import UnsafeOutput
+from workers.llm import LLM, UserContext
+from workers.llm.errors import BudgetExceeded, UnsafeOutput
 from workers.llm.grounding import check_grounded
 from workers.llm.safety import find_link
 from workers.llm_items import guarded, items_of, llm_item

@@ -15,18 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from workers.llm import (
-    LLM,
-    InvalidOutput,
-    Item,
-    LLMError,
-    LLMPool,
-    LLMSettings,
-    RankResult,
-    Turn,
-    UserContext,
-)
-from workers.llm.prompts import ChatState, Intent
+from workers.llm import LLM, Item, LLMError, LLMPool, LLMSettings, Turn, UserContext
+from workers.llm.errors import InvalidOutput
+from workers.llm.prompts import ChatState, Intent, RankResult
 from workers.settings import Secret
 from workers.testing.llm_server import Behaviour, LLMTestServer
 

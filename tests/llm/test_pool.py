@@ -12,19 +12,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from workers.errors import ResourceClosedError
-from workers.llm import (
-    LLM,
-    BreakerState,
+from workers.llm import LLM, Item, LLMPool, LLMSettings, UserContext
+from workers.llm.breaker import BreakerState
+from workers.llm.errors import (
     BudgetExceeded,
     CircuitOpen,
     DeadlineExceeded,
-    Item,
     LLMNotConfigured,
-    LLMPool,
-    LLMSettings,
     RateLimited,
     UpstreamError,
-    UserContext,
 )
 from workers.testing.llm_server import Behaviour, LLMTestServer
 

@@ -8,21 +8,14 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from workers.llm import (
-    LLM,
+from workers.llm import LLM, Fact, Item, LLMPool, LLMSettings, Preferences, Turn, UserContext
+from workers.llm.prompts import (
     AspectExplanation,
     ComparativeExplanation,
     ConversationState,
-    Fact,
     GroundedExplanation,
-    Item,
     ItemFeatures,
-    LLMPool,
-    LLMSettings,
-    Preferences,
     RankResult,
-    Turn,
-    UserContext,
 )
 from workers.testing.llm_server import LLMTestServer
 

@@ -7,23 +7,19 @@ import asyncio
 import pytest
 
 from workers.errors import ConfigError
-from workers.llm import (
-    BreakerState,
-    CircuitBreaker,
-    Deadline,
+from workers.llm import Deadline, Item
+from workers.llm.breaker import BreakerState, CircuitBreaker
+from workers.llm.errors import (
     InvalidOutput,
-    Item,
-    LeakGuard,
+    PromptTooLarge,
+    RateLimited,
     ResponseTooLarge,
     UnsafeOutput,
-    clean_text,
-    fence,
-    redact,
 )
-from workers.llm.errors import PromptTooLarge, RateLimited
 from workers.llm.limits import RequestThrottler, TokenWindow
 from workers.llm.parsing import extract_json
 from workers.llm.prompts import RANK, build_messages
+from workers.llm.safety import LeakGuard, clean_text, fence, redact
 from workers.llm.settings import LLMSettings
 from workers.llm.tokens import estimate_messages, estimate_tokens, fit_texts
 from workers.settings import Settings

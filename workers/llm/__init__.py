@@ -27,94 +27,34 @@ no wait past the caller's deadline. What the role helpers promise: a frozen
 result whose item ids come from the candidate set, whose text is plain,
 capped and free of the canary, after at most one repair attempt.
 
+The public surface is the names below; the rest lives in submodules by job:
+``errors`` (the error tree: BudgetExceeded, RateLimited, ...), ``prompts``
+(role specs and typed results), ``safety``, ``grounding``, ``pii``,
+``normalize`` (output and PII defences), ``breaker``, ``limits``, ``budget``,
+``cache``, ``deadline``, ``metrics``.
+
 ``LLMTestServer`` (workers.testing.llm_server) is the OpenAI-compatible test
 double used by the tests and the benchmark; it is not a model.
 """
 
-from workers.llm.breaker import BreakerState, CircuitBreaker
-from workers.llm.deadline import Deadline, DeadlineLike
-from workers.llm.errors import (
-    AllEndpointsFailed,
-    BudgetExceeded,
-    CircuitOpen,
-    DeadlineExceeded,
-    InvalidOutput,
-    LLMError,
-    LLMNotConfigured,
-    PromptTooLarge,
-    RateLimited,
-    Refused,
-    ResponseTooLarge,
-    UnsafeOutput,
-    UpstreamError,
-)
-from workers.llm.pool import ChatRequest, Completion, LLMPool, Usage
-from workers.llm.prompts import (
-    ALL_ROLES,
-    AspectExplanation,
-    ChatState,
-    ComparativeExplanation,
-    ConversationState,
-    Fact,
-    GroundedExplanation,
-    Intent,
-    Item,
-    ItemFeatures,
-    PairwiseResult,
-    Preferences,
-    RankResult,
-    RoleSpec,
-    Turn,
-    UserContext,
-)
-from workers.llm.roles import LLM, BatchStats
-from workers.llm.safety import LeakGuard, clean_text, fence, redact
+from workers.llm.deadline import Deadline
+from workers.llm.errors import LLMError
+from workers.llm.pool import LLMPool, Usage
+from workers.llm.prompts import Fact, Item, Preferences, Turn, UserContext
+from workers.llm.roles import LLM
 from workers.llm.settings import EndpointSettings, LLMSettings
 
 __all__ = [
-    "ALL_ROLES",
     "LLM",
-    "AllEndpointsFailed",
-    "AspectExplanation",
-    "BatchStats",
-    "BreakerState",
-    "BudgetExceeded",
-    "ChatRequest",
-    "ChatState",
-    "CircuitBreaker",
-    "CircuitOpen",
-    "ComparativeExplanation",
-    "Completion",
-    "ConversationState",
     "Deadline",
-    "DeadlineExceeded",
-    "DeadlineLike",
     "EndpointSettings",
     "Fact",
-    "GroundedExplanation",
-    "Intent",
-    "InvalidOutput",
     "Item",
-    "ItemFeatures",
     "LLMError",
-    "LLMNotConfigured",
     "LLMPool",
     "LLMSettings",
-    "LeakGuard",
-    "PairwiseResult",
     "Preferences",
-    "PromptTooLarge",
-    "RankResult",
-    "RateLimited",
-    "Refused",
-    "ResponseTooLarge",
-    "RoleSpec",
     "Turn",
-    "UnsafeOutput",
-    "UpstreamError",
     "Usage",
     "UserContext",
-    "clean_text",
-    "fence",
-    "redact",
 ]
