@@ -176,7 +176,14 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.terminate()
-        self.proc.wait(30)
+        # Each agent finishes its batch in hand (bounded at 15 s) before it stops;
+        # wait without blocking the loop (an in-process LLM test server may be serving).
+        for _ in range(900):
+            if self.proc.poll() is not None:
+                return
+            await asyncio.sleep(0.1)
+        self.proc.kill()
+        self.proc.wait(10)
 
 
 async def _applied(settings: Settings, users: list[str]) -> int:

@@ -48,10 +48,13 @@ def worker_env(settings: Settings, model_dir: Path, **extra: str) -> dict[str, s
 class WorkerProcess:
     """One ``recstream worker`` subprocess; logs go to a file for post-mortems."""
 
-    def __init__(self, env: dict[str, str], roles: Sequence[str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], roles: Sequence[str], log: Path, cwd: Path | None = None
+    ) -> None:
         self.env = dict(env)
         self.roles = list(roles)
         self.log = log
+        self.cwd = cwd
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -61,7 +64,7 @@ class WorkerProcess:
             args += ["--role", role]
         with self.log.open("ab") as handle:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                args, env=self.env, stdout=handle, stderr=subprocess.STDOUT
+                args, env=self.env, stdout=handle, stderr=subprocess.STDOUT, cwd=self.cwd
             )
         return self
 

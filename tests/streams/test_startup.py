@@ -116,3 +116,23 @@ def test_repeated_client_warnings_fold_into_one_line_with_a_count() -> None:
     assert f.filter(summary) and "(and 499 more like it in 0s)" in summary.getMessage()
     other = logging.LogRecord("workers.x", logging.ERROR, __file__, 1, "boom", (), None)
     assert all(f.filter(other) for _ in range(3)), "our own errors are never folded"
+
+
+@pytest.mark.slow
+async def test_the_worker_writes_nothing_into_its_working_directory(
+    settings: Settings, kafka_topics: dict[str, str], model_dir: Path, tmp_path: Path
+) -> None:
+    """faust's data folder lives under RECSTREAM_HOME, not in whatever directory the
+    worker was started from (issue 9, defect 6)."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    env = worker_env(settings, model_dir, RECSTREAM_HOME=str(home))
+    worker = WorkerProcess(env, ["requests"], tmp_path / "worker.log", cwd=cwd).start()
+    try:
+        await worker.wait_ready()
+    finally:
+        assert worker.stop() == 0, worker.tail()
+    assert list(cwd.iterdir()) == []
+    assert [p.name for p in (home / "faust").iterdir()] == [
+        f"g-{settings.kafka.topic_prefix}-requests"
+    ]
