@@ -1,0 +1,136 @@
+"""An LLM slower than Kafka's poll interval must not slow the interactions path.
+
+Two phases in one run, each on its own topics and keys, the same input: N
+MovieLens-100k ratings with 10% of users arriving cold with a stated-context
+request and ~2% chat turns, pre-filled, then drained by one ``recstream
+worker --role all``:
+
+    A  no LLM configured (the LLM paths fall back at once);
+    B  the LLM TEST SERVER (not a model) answering every call after 30 s.
+
+Reported: interactions applied per second in each phase and B/A (target
+>= 0.9), the group joins of the worker in each phase (a rebalance loop would
+show as many), and how phase B's cold requests were answered (rung, and the
+largest gap between request and answer against the deadline).
+
+    .venv/bin/python benchmarks/bench_slow_llm.py --events 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench_streams import Worker, _applied, _produce, _settings
+
+from contracts import CODECS, ChatMessage, Interaction, Recommendation, topics
+from streams.kafka import ensure_topics, topic_reader
+from streams.replay import ml100k_events, ml100k_folder
+from workers.settings import Settings
+from workers.testing.llm_server import Behaviour, LLMTestServer
+
+
+async def _prefill(settings: Settings, n: int) -> tuple[list[str], set[str]]:
+    await ensure_topics(settings.kafka)
+    catalog, stream = ml100k_events(
+        ml100k_folder(settings), limit=n, cold_share=0.1, chat_share=0.02
+    )
+    await _produce(
+        settings,
+        topics.CATALOG,
+        [(c.item_id.encode(), CODECS[topics.CATALOG].encode(c)) for c in catalog],
+    )
+    by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
+    users: set[str] = set()
+    cold: set[str] = set()
+    for topic, event in stream:
+        key = event.session_id if isinstance(event, ChatMessage) else event.user_id
+        by_topic.setdefault(topic, []).append((key.encode(), CODECS[topic].encode(event)))
+        if isinstance(event, Interaction):
+            users.add(event.user_id)
+        elif topic == topics.REQUESTS and getattr(event, "context", None):
+            cold.add(event.request_id)  # type: ignore[union-attr]
+    for topic, records in by_topic.items():
+        await _produce(settings, topic, records)
+    return sorted(users), cold
+
+
+async def _phase(n: int, llm_url: str | None, port: int) -> dict[str, Any]:
+    settings = _settings("slow" if llm_url else "nollm")
+    users, cold = await _prefill(settings, n)
+    env = {"RECSTREAM_LLM_BASE_URL": llm_url, "RECSTREAM_LLM_RPM": "0"} if llm_url else {}
+    async with Worker(settings, "all", port, **env) as worker:
+        started = time.perf_counter()
+        while await _applied(settings, users) < n:
+            await asyncio.sleep(0.05)
+        eps = n / (time.perf_counter() - started)
+        answers = await _cold_answers(settings, cold)
+    joins = worker.log.read_text(errors="replace").count("Joined group")
+    return {"events": n, "interactions_eps": eps, "group_joins": joins, **answers}
+
+
+async def _cold_answers(settings: Settings, cold: set[str]) -> dict[str, Any]:
+    consumer = topic_reader(settings.kafka, topics.REQUESTS, topics.RECOMMENDATIONS)
+    await consumer.start()
+    asked: dict[str, int] = {}
+    answered: dict[str, tuple[Recommendation, int]] = {}
+    deadline = time.monotonic() + 120
+    try:
+        while len(answered) < len(cold) and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                short = tp.topic.removeprefix(settings.kafka.topic_prefix)
+                for r in records:
+                    event = CODECS[short].decode(r.value)
+                    if short == topics.REQUESTS and event.request_id in cold:
+                        asked[event.request_id] = r.timestamp
+                    elif isinstance(event, Recommendation) and event.cause.id in cold:
+                        answered[event.cause.id] = (event, r.timestamp)
+    finally:
+        await consumer.stop()
+    gaps = [ts - asked[c] for c, (_, ts) in answered.items() if c in asked]
+    return {
+        "cold_requests": len(cold),
+        "cold_answered": len(answered),
+        "cold_rungs": dict(Counter(rec.rung or "" for rec, _ in answered.values())),
+        "cold_max_request_to_answer_ms": max(gaps, default=None),
+    }
+
+
+async def run(n: int) -> dict[str, Any]:
+    a = await _phase(n, None, 6290)
+    async with LLMTestServer() as server:
+        server.script(default=Behaviour(latency_s=30.0))
+        b = await _phase(n, server.url, 6291)
+        b["llm_calls_started"] = len(server.records)
+    return {"no_llm": a, "slow_llm": b, "ratio": b["interactions_eps"] / a["interactions_eps"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.events))
+    a, b = result["no_llm"], result["slow_llm"]
+    print(f"interactions applied, {args.events:,} events, worker --role all:")
+    for label, phase in (("A no LLM:          ", a), ("B LLM at 30 s/call:", b)):
+        eps, joins = phase["interactions_eps"], phase["group_joins"]
+        print(f"  {label} {eps:>9,.0f} events/s, group joins {joins}")
+    print(f"  B/A = {result['ratio']:.2f} (target >= 0.90)")
+    print(
+        f"  B cold requests: {b['cold_answered']}/{b['cold_requests']} answered, rungs "
+        f"{b['cold_rungs']}, longest request->answer {b['cold_max_request_to_answer_ms']} ms; "
+        f"LLM calls started {b['llm_calls_started']}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
