@@ -44,8 +44,7 @@ from redis.exceptions import RedisError
 from contracts import ChatMessage, ChatReply, RankedItem, derive_id, topics
 from workers.catalog import CatalogView
 from workers.llm import LLM, Preferences, Turn
-from workers.llm.errors import BudgetExceeded
-from workers.llm_items import guarded, items_of
+from workers.llm_items import budgeted, items_of
 from workers.outputs import Output, OutputStore
 from workers.policy import PolicySettings, chat_complexity, decide
 from workers.recommend import Scorer
@@ -336,13 +335,8 @@ class ChatHandler:
     async def _extract(
         self, session: Session, message: ChatMessage
     ) -> tuple[Preferences | None, str]:
-        assert self._llm is not None
-        reservation = None
-        if self._budget is not None:
-            try:
-                reservation = await self._budget.reserve(ESTIMATED_TOKENS, 0.0)
-            except BudgetExceeded:
-                return None, "chat budget share spent"
+        llm = self._llm
+        assert llm is not None
         current = Preferences(
             genres=tuple(session.genres),
             dislikes=tuple(session.avoid_genres),
@@ -350,19 +344,19 @@ class ChatHandler:
             disliked_items=tuple(session.disliked_items),
         )
         mentioned = items_of(self._catalog, [*session.shown, *session.liked_items][:10])
-        async with self._slots:
-            result, why = await guarded(
-                self._llm.extract_preferences(
-                    [Turn(t["role"], t["text"]) for t in session.turns],
-                    deadline=self._serving.chat_deadline_ms / 1000,
-                    current=current,
-                    mentioned_items=mentioned,
-                ),
-                f"chat {message.event_id}",
-            )
-        if reservation is not None:
-            spent = result.usage.total_tokens if result is not None else 0
-            await self._budget.settle(reservation, spent, 0.0)
+        result, why = await budgeted(
+            lambda: llm.extract_preferences(
+                [Turn(t["role"], t["text"]) for t in session.turns],
+                deadline=self._serving.chat_deadline_ms / 1000,
+                current=current,
+                mentioned_items=mentioned,
+            ),
+            what=f"chat {message.event_id}",
+            budget=self._budget,
+            slots=self._slots,
+            estimate=ESTIMATED_TOKENS,
+            path="chat",
+        )
         return result, why or ""
 
     def _update(self, session: Session, reading: Reading, prefs: Preferences | None) -> None:

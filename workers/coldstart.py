@@ -28,8 +28,7 @@ from typing import Any
 from contracts import LLMUsage, LLMWork, RankedItem, Recommendation, Rung, derive_id, topics
 from workers.catalog import CatalogView
 from workers.llm import LLM, UserContext
-from workers.llm.errors import BudgetExceeded
-from workers.llm_items import guarded, items_of
+from workers.llm_items import budgeted, items_of
 from workers.outputs import Output, OutputStore
 from workers.recommend import Scorer
 from workers.settings import ServingSettings
@@ -99,10 +98,7 @@ class ColdStartHandler:
             why = "no LLM is configured in this process"
         else:
             t = time.perf_counter()
-            async with self._slots:
-                items, usage, cached, why_not = await self._rank(
-                    work, retrieved, remaining_ms / 1000
-                )
+            items, usage, cached, why_not = await self._rank(work, retrieved, remaining_ms / 1000)
             timings["llm"] = _ms(t)
             why = why_not or ""
         if items is not None:
@@ -141,7 +137,8 @@ class ColdStartHandler:
     async def _rank(
         self, work: LLMWork, retrieved: list[tuple[str, float]], seconds: float
     ) -> tuple[list[RankedItem] | None, LLMUsage, bool, str | None]:
-        assert self._llm is not None
+        llm = self._llm
+        assert llm is not None
         pool: dict[str, None] = dict.fromkeys(i for i, _ in retrieved)
         for item_id in work.candidates:
             if len(pool) >= PROMPT_CANDIDATES:
@@ -150,24 +147,19 @@ class ColdStartHandler:
         candidates = items_of(self._catalog, pool)
         if not candidates:
             return None, LLMUsage(), False, "no candidate the catalog knows"
-        reservation = None
-        if self._budget is not None:
-            try:
-                reservation = await self._budget.reserve(ESTIMATED_TOKENS, 0.0)
-            except BudgetExceeded:
-                return None, LLMUsage(), False, "cold-start budget share spent"
-        result, why = await guarded(
-            self._llm.rank(
+        result, why = await budgeted(
+            lambda: llm.rank(
                 UserContext(query=work.query or ""),
                 candidates,
                 k=min(work.k, len(candidates)),
                 deadline=seconds,
             ),
-            f"cold start {work.work_id}",
+            what=f"cold start {work.work_id}",
+            budget=self._budget,
+            slots=self._slots,
+            estimate=ESTIMATED_TOKENS,
+            path="cold-start",
         )
-        spent = result.usage.total_tokens if result is not None else 0
-        if reservation is not None:
-            await self._budget.settle(reservation, spent, 0.0)
         if result is None:
             return None, LLMUsage(), False, why
         ranked = list(result.item_ids[: work.k])

@@ -22,8 +22,7 @@ from typing import Any
 from contracts import CatalogChange
 from workers.catalog import CatalogStore
 from workers.llm import LLM, Item
-from workers.llm.errors import BudgetExceeded
-from workers.llm_items import guarded
+from workers.llm_items import budgeted
 from workers.outputs import Output
 from workers.recommend import Scorer
 from workers.settings import ServingSettings
@@ -81,7 +80,8 @@ class EnrichHandler:
         return []
 
     async def _enrich(self, change: CatalogChange) -> None:
-        assert self._llm is not None
+        llm = self._llm
+        assert llm is not None
         attributes = {
             k: ", ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
             for k, v in (change.attributes or {}).items()
@@ -89,21 +89,14 @@ class EnrichHandler:
         item = Item(
             change.item_id, change.title or change.item_id, change.description or "", attributes
         )
-        reservation = None
-        if self._budget is not None:
-            try:
-                reservation = await self._budget.reserve(ESTIMATED_TOKENS, 0.0)
-            except BudgetExceeded:
-                self.skipped += 1
-                return
-        async with self._slots:
-            features, why = await guarded(
-                self._llm.extract_features(item, deadline=self._serving.explain_deadline_ms / 1000),
-                f"enrich {change.item_id}",
-            )
-        if reservation is not None:
-            spent = features.usage.total_tokens if features is not None else 0
-            await self._budget.settle(reservation, spent, 0.0)
+        features, why = await budgeted(
+            lambda: llm.extract_features(item, deadline=self._serving.explain_deadline_ms / 1000),
+            what=f"enrich {change.item_id}",
+            budget=self._budget,
+            slots=self._slots,
+            estimate=ESTIMATED_TOKENS,
+            path="enrichment",
+        )
         if features is None:
             logger.info("enrich %s: skipped (%s)", change.item_id, why)
             self.skipped += 1

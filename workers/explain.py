@@ -29,10 +29,10 @@ from typing import Any, Final
 from contracts import Evidence, Explanation, Recommendation, derive_id, topics
 from workers.catalog import CatalogView, ItemRecord
 from workers.llm import LLM, UserContext
-from workers.llm.errors import BudgetExceeded, UnsafeOutput
+from workers.llm.errors import UnsafeOutput
 from workers.llm.grounding import check_grounded
 from workers.llm.safety import find_link
-from workers.llm_items import guarded, items_of, llm_item
+from workers.llm_items import budgeted, items_of, llm_item
 from workers.outputs import Output, OutputStore
 from workers.recommend import Scorer
 from workers.settings import ServingSettings
@@ -235,27 +235,22 @@ class ExplainHandler:
         evidence: Sequence[Evidence],
         titles: dict[str, str],
     ) -> str | None:
-        assert self._llm is not None
+        llm = self._llm
+        assert llm is not None
         cited = items_of(self._catalog, [e.item_id for e in evidence if e.item_id])
-        reservation = None
-        if self._budget is not None:
-            try:
-                reservation = await self._budget.reserve(ESTIMATED_TOKENS, 0.0)
-            except BudgetExceeded:
-                return None
-        async with self._slots:
-            result, _ = await guarded(
-                self._llm.explain(
-                    UserContext(history=cited),
-                    llm_item(record),
-                    cited,
-                    deadline=self._serving.explain_deadline_ms / 1000,
-                ),
-                f"explain {rec.rec_id}",
-            )
-        if reservation is not None:
-            spent = result.usage.total_tokens if result is not None else 0
-            await self._budget.settle(reservation, spent, 0.0)
+        result, _ = await budgeted(
+            lambda: llm.explain(
+                UserContext(history=cited),
+                llm_item(record),
+                cited,
+                deadline=self._serving.explain_deadline_ms / 1000,
+            ),
+            what=f"explain {rec.rec_id}",
+            budget=self._budget,
+            slots=self._slots,
+            estimate=ESTIMATED_TOKENS,
+            path="explain",
+        )
         if result is None:
             return None
         check = check_grounding(

@@ -9,14 +9,16 @@ retried batch would wait on the LLM again).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from workers.catalog import CatalogView, ItemRecord
 from workers.llm import Item, LLMError
+from workers.llm.errors import BudgetExceeded
 
-__all__ = ["guarded", "items_of", "llm_item"]
+__all__ = ["budgeted", "guarded", "items_of", "llm_item"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +64,29 @@ async def guarded(call: Awaitable[T], what: str) -> tuple[T | None, str | None]:
     except Exception:
         logger.exception("%s: unexpected error in the LLM path, falling back", what)
         return None, "LLM path error"
+
+
+async def budgeted(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    budget: Any,
+    slots: asyncio.Semaphore,
+    estimate: int,
+    path: str,
+) -> tuple[T | None, str | None]:
+    """One LLM call of a path: its budget share reserved first (``estimate`` tokens,
+    settled to the real usage after), at most ``slots`` in flight, any failure turned
+    into a reason (:func:`guarded`). ``call`` makes the coroutine only when it runs."""
+    reservation = None
+    if budget is not None:
+        try:
+            reservation = await budget.reserve(estimate, 0.0)
+        except BudgetExceeded:
+            return None, f"{path} budget share spent"
+    async with slots:
+        result, why = await guarded(call(), what)
+    if reservation is not None:
+        usage = getattr(result, "usage", None)
+        await budget.settle(reservation, usage.total_tokens if usage is not None else 0, 0.0)
+    return result, why
