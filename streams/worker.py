@@ -66,7 +66,9 @@ def run_worker(settings: Settings, roles: list[Role], *, loglevel: str = "INFO")
             "on" if runtime.llm is not None else "off",
         )
         handlers = {r.name: runtime.handler(r.name) for r in roles}
-        return BatchProcessor(handlers, producer, health, settings)
+        processor = BatchProcessor(handlers, producer, health, settings)
+        runtime.set_emitter(processor.send_outputs)
+        return processor
 
     async def factory() -> BatchProcessor:
         # faust has configured logging by now: fold repeated client warnings, and let

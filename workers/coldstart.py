@@ -33,7 +33,7 @@ from workers.outputs import Output, OutputStore
 from workers.recommend import Scorer
 from workers.settings import ServingSettings
 
-__all__ = ["ColdStartHandler"]
+__all__ = ["ColdStartHandler", "fallback_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class ColdStartHandler:
 
     async def _answer(self, work: LLMWork) -> Output:
         started = time.perf_counter()
+        if _remaining_ms(work) <= 0:  # late already: the fallback, nothing slower
+            return fallback_output(work, "deadline passed before the llm role took it")
         timings: dict[str, float] = {}
         retrieved: list[tuple[str, float]] = []
         if work.query:
@@ -87,13 +89,12 @@ class ColdStartHandler:
                 [work.query], PROMPT_CANDIDATES, [set(self._catalog.deleted)]
             )
             timings["retrieve"] = _ms(t)
-        remaining_ms = work.deadline_ms - SEND_MARGIN_MS - int(time.time() * 1000)
+        remaining_ms = _remaining_ms(work)
         items: list[RankedItem] | None = None
         usage = LLMUsage()
         cached = False
-        rung: Rung
         if remaining_ms <= 0:
-            why = "deadline passed before the llm role took it"
+            why = "deadline passed during retrieval"
         elif self._llm is None:
             why = "no LLM is configured in this process"
         else:
@@ -101,6 +102,7 @@ class ColdStartHandler:
             items, usage, cached, why_not = await self._rank(work, retrieved, remaining_ms / 1000)
             timings["llm"] = _ms(t)
             why = why_not or ""
+        rung: Rung
         if items is not None:
             rung = "llm_cached" if cached else "llm"
             reason = f"{work.reason}; ranked by the LLM"
@@ -112,27 +114,9 @@ class ColdStartHandler:
             rung, strategy = "model", "model"
             reason = f"{work.reason}; {why}: ranked by similarity to the stated context"
         else:
-            items = list(work.fallback_items)
-            rung = work.fallback_rung
-            strategy = rung
-            reason = f"{work.reason}; {why}: {rung} items"
-        timings["total"] = round(max(0, int(time.time() * 1000) - work.ts_ms), 3)
+            return fallback_output(work, why)
         timings["llm_role"] = _ms(started)
-        rec = Recommendation(
-            rec_id=derive_id("rec", work.cause.kind, work.cause.id),
-            user_id=work.user_id,
-            cause=work.cause,
-            items=tuple(items),
-            strategy=strategy,  # type: ignore[arg-type]
-            model_version=work.model_version,
-            ts_ms=int(time.time() * 1000),
-            llm=usage,
-            timings_ms=timings,
-            route=work.route,
-            reason=reason[:300],
-            rung=rung,
-        )
-        return Output(topics.RECOMMENDATIONS, work.user_id.encode(), rec)
+        return _output(work, items, strategy, rung, reason, usage, timings)
 
     async def _rank(
         self, work: LLMWork, retrieved: list[tuple[str, float]], seconds: float
@@ -174,6 +158,45 @@ class ColdStartHandler:
             cost_usd=result.usage.cost_usd,
         )
         return items, usage, result.usage.cached, None
+
+
+def _remaining_ms(work: LLMWork) -> int:
+    return work.deadline_ms - SEND_MARGIN_MS - int(time.time() * 1000)
+
+
+def fallback_output(work: LLMWork, why: str) -> Output:
+    """The answer from the work's own fallback list (popular or fresh items)."""
+    rung = work.fallback_rung
+    reason = f"{work.reason}; {why}: {rung} items"
+    return _output(work, list(work.fallback_items), rung, rung, reason, LLMUsage(), {})
+
+
+def _output(
+    work: LLMWork,
+    items: Sequence[RankedItem],
+    strategy: str,
+    rung: Rung,
+    reason: str,
+    usage: LLMUsage,
+    timings: dict[str, float],
+) -> Output:
+    # From the requests role's receipt of the ask: what the deadline bounds.
+    timings["total"] = float(max(0, int(time.time() * 1000) - work.ts_ms))
+    rec = Recommendation(
+        rec_id=derive_id("rec", work.cause.kind, work.cause.id),
+        user_id=work.user_id,
+        cause=work.cause,
+        items=tuple(items),
+        strategy=strategy,  # type: ignore[arg-type]
+        model_version=work.model_version,
+        ts_ms=int(time.time() * 1000),
+        llm=usage,
+        timings_ms=timings,
+        route=work.route,
+        reason=reason[:300],
+        rung=rung,
+    )
+    return Output(topics.RECOMMENDATIONS, work.user_id.encode(), rec)
 
 
 def _fill(

@@ -7,9 +7,10 @@ a redelivered cause re-emits exactly what it emitted the first time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from contracts import (
     CatalogChange,
@@ -21,6 +22,7 @@ from contracts import (
     topics,
 )
 from workers.catalog import CatalogStore, CatalogView
+from workers.coldstart import fallback_output
 from workers.outputs import Output, OutputStore
 from workers.recommend import Ask, Recommender, recommendation_output
 from workers.settings import ServingSettings, StreamSettings
@@ -99,7 +101,12 @@ class RequestsHandler:
     An ask the policy routes to the LLM leaves as an :class:`LLMWork` event
     carrying its deadline and the list computed here as its fallback; the llm
     role answers it (LLM, cached LLM, or that fallback) by the deadline. This
-    loop never waits on an LLM.
+    loop never waits on an LLM. A deadline guard here makes the deadline hold
+    even when the llm role lags or is down: at the deadline, if no answer was
+    stored yet, the fallback is stored and emitted (through ``emit``, the edge's
+    sender, set once the edge's producer is open; without it there is no guard);
+    an answer the llm role finishes later finds it stored and re-emits that same
+    content, so the request still has one answer.
     """
 
     def __init__(
@@ -108,6 +115,41 @@ class RequestsHandler:
         self._recommender = recommender
         self._outputs = outputs
         self._serving = serving
+        self.emit: Callable[[list[Output]], Awaitable[None]] | None = None
+        self._guards: set[asyncio.Task[None]] = set()
+
+    def _guard(self, work: LLMWork) -> None:
+        if self.emit is None:
+            return
+        task = asyncio.create_task(self._at_deadline(work), name=f"deadline-{work.work_id}")
+        self._guards.add(task)
+        task.add_done_callback(self._guards.discard)
+
+    async def _at_deadline(self, work: LLMWork) -> None:
+        emit = self.emit
+        assert emit is not None
+        await asyncio.sleep(max(0.0, (work.deadline_ms - time.time() * 1000) / 1000))
+        key = (
+            topics.RECOMMENDATIONS,
+            work.user_id.encode(),
+            derive_id("rec", "request", work.cause.id),
+        )
+        try:
+            [stored] = await self._outputs.get_many([key])
+            if stored is not None:
+                return
+            fallback = fallback_output(work, "no LLM answer by the deadline")
+            [winner] = await self._outputs.put_many([fallback])
+            if winner.event == fallback.event:
+                await emit([winner])
+        except Exception:  # the llm role still answers the work; log and move on
+            logger.warning("deadline guard of %s failed", work.work_id, exc_info=True)
+
+    async def aclose(self) -> None:
+        """Cancel pending guards (their works are still answered by the llm role)."""
+        for task in list(self._guards):
+            task.cancel()
+        await asyncio.gather(*self._guards, return_exceptions=True)
 
     async def __call__(self, requests: Sequence[RecommendationRequest]) -> list[Output]:
         started = time.perf_counter()
@@ -152,6 +194,9 @@ class RequestsHandler:
             )
             computed.append(Output(topics.LLM_WORK, r.ask.user_id.encode(), work))
         fresh = await self._outputs.put_many(computed)
+        for o in fresh:
+            if isinstance(o.event, LLMWork):
+                self._guard(o.event)
         it = iter(fresh)
         return [s if s is not None else next(it) for s in stored]
 

@@ -216,8 +216,19 @@ class Runtime(Resource):
             raise ValueError(f"no handler for role {role.name!r}")
         return handlers[role.name]()
 
+    def set_emitter(self, emit: Callable[[list[Output]], Awaitable[None]]) -> None:
+        """How handlers send outputs made outside a batch (the requests role's
+        deadline guard); the Kafka edge calls this once its producer is open."""
+        for handler in self._handlers.values():
+            if hasattr(handler, "emit"):
+                handler.emit = emit
+
     async def _close(self) -> None:
         self._stop.set()
+        for handler in self._handlers.values():
+            close = getattr(handler, "aclose", None)
+            if close is not None:
+                await close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -408,3 +408,29 @@ async def test_model_lists_get_template_explanations_by_default(
         out = await rt.handler("explain")([rec.event])
     assert {getattr(o.event, "source", None) for o in out} == {"template"}
     assert not llm_server.records
+
+
+async def test_the_deadline_holds_when_the_llm_role_lags(
+    open_runtime: OpenRuntime, llm_server: LLMTestServer
+) -> None:
+    """At the deadline the requests role's guard emits the fallback; the llm role,
+    answering later, re-emits that same content: one answer, in time."""
+    emitted: list[Output] = []
+
+    async def collect(outputs: list[Output]) -> None:
+        emitted.extend(outputs)
+
+    async with open_runtime(["requests", "llm"], llm=llm_server, request_deadline_ms=300) as rt:
+        rt.set_emitter(collect)
+        work = await _work(rt, "scary horror films", "lagging")
+        for _ in range(50):
+            if emitted:
+                break
+            await asyncio.sleep(0.1)
+        [late] = await rt.handler("llm")([work])
+    [guarded] = emitted
+    assert isinstance(guarded.event, Recommendation)
+    assert "no LLM answer by the deadline" in (guarded.event.reason or "")
+    assert guarded.event.rung in {"popular", "fresh"}
+    assert encoded([late]) == encoded([guarded]), "the late answer re-emits the stored one"
+    assert not llm_server.records, "a late llm role does not call the LLM"
