@@ -65,6 +65,7 @@ def check_grounding(
     allowed_titles: Iterable[str],
     allowed_ids: Iterable[str],
     catalog_titles: Iterable[str],
+    evidence: Sequence[Evidence] = (),
 ) -> GroundingCheck:
     """Whether ``text`` names only what its evidence allows: the LLM library's grounding
     check (workers.llm.grounding: links, ids, other users, unbacked claims, titles of
@@ -72,16 +73,33 @@ def check_grounding(
     allowed = [t for t in allowed_titles if t]
     if find_link(text):
         return GroundingCheck(False, "output: a link")
+    # Allowed titles are taken out first: one may contain another title's words
+    # ("Star Trek: First Contact" holds "Contact"), which is no violation.
+    rest = text
+    for title in sorted({*allowed, *(display_title(t) for t in allowed)}, key=len, reverse=True):
+        rest = rest.replace(title, " ")
     try:
         check_grounded(
-            text,
+            rest,
             allowed_ids=[i for i in allowed_ids if i],
             allowed_titles=allowed + [display_title(t) for t in allowed],
             known_titles=[t for t in catalog_titles if t],
+            # What the evidence states may be claimed (a trending rank, a genre).
+            catalog_text=" ".join(_evidence_facts(evidence)),
         )
     except UnsafeOutput as exc:
         return GroundingCheck(False, str(exc))
     return GroundingCheck(True)
+
+
+def _evidence_facts(evidence: Sequence[Evidence]) -> list[str]:
+    facts = []
+    for e in evidence:
+        if e.kind == "popularity" and e.value:
+            facts.append(f"#{e.value} among trending titles right now, popular, trending")
+        elif e.value:
+            facts.append(f"{e.name or e.kind}: {e.value}")
+    return facts
 
 
 def display_title(title: str) -> str:
@@ -258,6 +276,7 @@ class ExplainHandler:
             allowed_titles=[record.title, *titles.values()],
             allowed_ids=[record.item_id, *titles],
             catalog_titles=(r.title for r in self._catalog.items.values() if r.title),
+            evidence=evidence,
         )
         if not check.passed:
             logger.info("explain %s: LLM text failed grounding (%s)", rec.rec_id, check.problem)

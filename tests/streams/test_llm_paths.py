@@ -129,6 +129,7 @@ async def test_replay_with_cold_users_and_chat_loses_nothing_and_calls_the_llm_s
             allowed_titles=[titles.get(i, "") for i in allowed],
             allowed_ids=allowed,
             catalog_titles=titles.values(),
+            evidence=e.evidence,
         )
         assert check.passed, (e.source, e.text, check.problem)
     by_role = Counter(r.role for r in llm_server.records)
