@@ -111,7 +111,9 @@ def display_title(title: str) -> str:
 def template_text(item: ItemRecord, evidence: Sequence[Evidence], titles: dict[str, str]) -> str:
     """A sentence built from the evidence alone (so it is grounded by construction)."""
     history = [
-        display_title(titles[e.item_id]) for e in evidence if e.kind == "history_item" and e.item_id
+        display_title(titles.get(e.item_id, e.item_id))
+        for e in evidence
+        if e.kind == "history_item" and e.item_id
     ]
     shared = [e.value for e in evidence if e.kind == "attribute" and e.value]
     popular = [e.value for e in evidence if e.kind == "popularity" and e.value]
@@ -202,7 +204,8 @@ class ExplainHandler:
         if history:
             near = self._scorer.similar_many([[item_id]], 50, [()])[0]
             recent = set(history[:50])
-            cited = [i for i in near if i in recent][:EVIDENCE_ITEMS]
+            known = self._catalog.items
+            cited = [i for i in near if i in recent and i in known][:EVIDENCE_ITEMS]
             evidence += [Evidence("history_item", item_id=i) for i in cited]
             mine = set(self._catalog.tokens(item_id))
             shared: dict[str, None] = {}
