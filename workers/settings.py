@@ -197,9 +197,11 @@ class StreamSettings:
     trigger_kinds: frozenset[str] = frozenset({"purchase", "add_to_cart", "rating"})
     debounce_ms: int = 30_000
     exclude_kinds: frozenset[str] = frozenset(_KINDS)
-    # Rank given to the best new (text-only) item among a user's joint-space
-    # neighbours when the model alone would not list it; 0 turns the slot off.
-    new_item_slot: int = 3
+    # Rank reserved for the best new (text-only) item among a user's joint-space
+    # neighbours when the model alone would not list it; 0 (the default) leaves
+    # new items to compete on their own: the content-aware model gives them
+    # their share of the top 10 (docs/model.md, mixed protocol).
+    new_item_slot: int = 0
     catalog_poll_ms: int = 1000
     web_port: int = 6066
     # Address of /healthz, /readyz, /metrics: loopback on a laptop; 0.0.0.0 in a

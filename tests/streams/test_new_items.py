@@ -26,13 +26,16 @@ async def test_new_catalog_item_is_recommended_then_deleted_never(
     ml100k_model_dir: Path,
     tmp_path: Path,
 ) -> None:
-    """An item added mid-stream reaches users, from its text alone, within a bounded
-    time; once deleted it is never recommended again, and an old upsert replayed
-    after the delete does not bring it back."""
+    """An item added mid-stream reaches users, from its text alone and with no slot
+    reserved for new items (the default), within a bounded time; once deleted it is
+    never recommended again, and an old upsert replayed after the delete does not
+    bring it back."""
     catalog, events = _slice(settings, limit=2000, request_every=0)
     by_id = {c.item_id: c for c in catalog}
     worker = WorkerProcess(
-        worker_env(settings, ml100k_model_dir), ["all"], tmp_path / "worker.log"
+        worker_env(settings, ml100k_model_dir, RECSTREAM_NEW_ITEM_SLOT="0"),
+        ["all"],
+        tmp_path / "worker.log",
     ).start()
     codec = CODECS[topics.REQUESTS]
 
