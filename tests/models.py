@@ -63,7 +63,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
         pytest.fail(".venv-train is missing: run scripts/bootstrap")
     home = tmp_path_factory.mktemp("recstream-home")
     settings = Settings.from_mapping({"RECSTREAM_HOME": str(home)})
-    train_out = _run("train", ["--tiny", "--version", "tiny"], settings)
+    train_out = _run("train_cli", ["--tiny", "--version", "tiny"], settings)
     export_out = _run("export", ["--threads", "1"], settings)
     parity = {
         m[1]: float(m[2])

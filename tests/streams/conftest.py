@@ -49,7 +49,7 @@ def ml100k_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if cache.is_dir():
         (home / "cache").symlink_to(cache)
     settings = Settings.from_mapping({"RECSTREAM_HOME": str(home)})
-    for name, argv in (("train", ["--version", "ml100k-test", "--no-eval"]), ("export", [])):
+    for name, argv in (("train_cli", ["--version", "ml100k-test", "--no-eval"]), ("export", [])):
         args, env = training_command(name, argv, settings)
         proc = subprocess.run(
             args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, check=False

@@ -1,4 +1,4 @@
-"""``recstream train``: runs :mod:`workers.training.train` in the training venv."""
+"""``recstream train``: runs :mod:`workers.training.train_cli` in the training venv."""
 
 from __future__ import annotations
 
@@ -8,4 +8,4 @@ __all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:
-    return run_training_module("train", argv)
+    return run_training_module("train_cli", argv)
