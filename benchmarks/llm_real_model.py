@@ -66,7 +66,6 @@ from streams.replay import ml100k_folder  # noqa: E402
 from workers.explain import check_grounding  # noqa: E402
 from workers.llm import (  # noqa: E402
     LLM,
-    Completion,
     EndpointSettings,
     Item,
     LLMError,
@@ -76,6 +75,7 @@ from workers.llm import (  # noqa: E402
     UserContext,
 )
 from workers.llm.parsing import extract_json  # noqa: E402
+from workers.llm.pool import Completion  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 
 T = TypeVar("T")
@@ -533,6 +533,16 @@ def summarise(
             "ndcg@10_ci95": [round(x, 4) for x in boot_ci(nd)],
         }
     for m in LLM_METHODS:
+        # As served: a failed LLM call falls back to the model's (pop_text's) order.
+        served = [r[m] if r.get(m) is not None else r["pop_text"] for r in rows]
+        table[m]["failed_calls"] = sum(r.get(m) is None for r in rows)
+        table[m]["served_with_fallback"] = {
+            "n": len(served),
+            "hr@10": round(statistics.fmean(v[0] for v in served), 4) if served else None,
+            "hr@10_ci95": [round(x, 4) for x in boot_ci([v[0] for v in served])],
+            "ndcg@10": round(statistics.fmean(v[1] for v in served), 4) if served else None,
+            "ndcg@10_ci95": [round(x, 4) for x in boot_ci([v[1] for v in served])],
+        }
         pairs = [(r[m][1], r["pop_text"][1]) for r in rows if r.get(m) is not None]
         diffs = [a - b for a, b in pairs]
         table[m]["ndcg@10_minus_pop_text"] = round(statistics.fmean(diffs), 4) if diffs else None
@@ -581,6 +591,20 @@ def summarise(
     }
 
 
+def summarise_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """The tables of a saved result recomputed (per-user rows and samples kept)."""
+    rows = [
+        {k: (tuple(v) if isinstance(v, list) else v) for k, v in r.items()}
+        for r in saved["per_user"]
+    ]
+    table = summarise(
+        argparse.Namespace(**saved["args"]), rows, {}, [], {}, time.monotonic(), True
+    )["cold_users"]
+    out = dict(saved)
+    out["cold_users"] = table
+    return out
+
+
 def print_table(result: dict[str, Any]) -> None:
     roles = result["real_model"]["roles"]
     print("\nReal model, per role (raw answers, before the library's filtering)")
@@ -604,6 +628,14 @@ def print_table(result: dict[str, Any]) -> None:
     for m, row in cold["table"].items():
         print(
             f"{m:<18}{row['n']:>4}{_f(row['hr@10']):>8}{_ci(row['hr@10_ci95']):>16}"
+            f"{_f(row['ndcg@10']):>9}{_ci(row['ndcg@10_ci95']):>16}"
+        )
+    print("as served (a failed LLM call falls back to pop_text's order):")
+    for m in LLM_METHODS:
+        row = cold["table"][m]["served_with_fallback"]
+        name = f"{m}+fb"
+        print(
+            f"{name:<18}{row['n']:>4}{_f(row['hr@10']):>8}{_ci(row['hr@10_ci95']):>16}"
             f"{_f(row['ndcg@10']):>9}{_ci(row['ndcg@10_ci95']):>16}"
         )
 
@@ -637,7 +669,16 @@ def main() -> int:
     parser.add_argument(
         "--out", default=str(ROOT / "benchmarks" / "results" / f"llm-real-model-{day}.json")
     )
+    parser.add_argument(
+        "--resummarise", metavar="JSON", help="recompute the tables from a saved result file"
+    )
     args = parser.parse_args()
+    if args.resummarise:
+        saved = json.loads(Path(args.resummarise).read_text())
+        again = summarise_saved(saved)
+        write(Path(args.resummarise), again)
+        print_table(again)
+        return 0
     result = asyncio.run(run(args))
     print_table(result)
     print(f"\nwrote {args.out}")

@@ -338,23 +338,31 @@ def start_background(
     cmd = server_command(paths, port=port, threads=threads, ctx=ctx)
     paths.log_file.parent.mkdir(parents=True, exist_ok=True)
     paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with paths.log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=paths.runtime,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    paths.pid_file.write_text(json.dumps({"pid": proc.pid, "port": port}) + "\n")
-    if not wait_healthy(port, timeout=timeout, pid=proc.pid):
+    # A shell in a new session starts node in the background and exits at once,
+    # so the server is a daemon re-parented to init (never our zombie), with
+    # its output appended to the log.
+    launcher = '"$@" >>"$RS_LLM_LOG" 2>&1 </dev/null & echo $!'
+    done = subprocess.run(
+        ["/bin/sh", "-c", launcher, "sh", *cmd],
+        cwd=paths.runtime,
+        env={**os.environ, "RS_LLM_LOG": str(paths.log_file)},
+        capture_output=True,
+        text=True,
+        check=False,
+        start_new_session=True,
+    )
+    try:
+        pid = int(done.stdout.strip())
+    except ValueError:
+        raise LocalLLMError(f"could not start the server: {done.stderr.strip()}") from None
+    paths.pid_file.write_text(json.dumps({"pid": pid, "port": port}) + "\n")
+    if not wait_healthy(port, timeout=timeout, pid=pid):
         stop_background(paths)
         raise LocalLLMError(
             f"server did not become healthy in {timeout:.0f}s; see {paths.log_file}"
         )
-    _say(f"up on http://{LOOPBACK}:{port}/v1 (pid {proc.pid}, log {paths.log_file})")
-    return proc.pid
+    _say(f"up on http://{LOOPBACK}:{port}/v1 (pid {pid}, log {paths.log_file})")
+    return pid
 
 
 def stop_background(paths: LocalPaths, *, grace: float = 10.0) -> bool:
