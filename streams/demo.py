@@ -319,6 +319,16 @@ def main(argv: list[str]) -> int:
         if url:
             env["RECSTREAM_LLM_BASE_URL"] = url
             roles = ROLES + LLM_ROLES
+            if mode == "local":
+                # A 1.5B model on CPU answers in 10-120 s (docs/llm-local.md): give
+                # the LLM paths deadlines it can meet, or every call falls back.
+                for name, value in (
+                    ("RECSTREAM_REQUEST_DEADLINE_MS", "150000"),
+                    ("RECSTREAM_CHAT_DEADLINE_MS", "150000"),
+                    ("RECSTREAM_EXPLAIN_DEADLINE_MS", "150000"),
+                    ("RECSTREAM_LLM_READ_TIMEOUT_S", "180"),
+                ):
+                    env.setdefault(name, value)
             if mode == "endpoint":
                 print(f"LLM: the endpoint in RECSTREAM_LLM_BASE_URL ({url})")
         else:
