@@ -247,9 +247,14 @@ class ChatHandler:
         for m in messages:
             by_session[m.session_id].append(m)
         # Sessions in parallel (bounded by the LLM slots); turns of one session in order.
-        results = await asyncio.gather(*(self._session(ms) for ms in by_session.values()))
-        replies = {o.event.in_reply_to: o for outs in results for o in outs}  # type: ignore[attr-defined]
-        return [replies[m.event_id] for m in messages if m.event_id in replies]
+        sessions = list(by_session.values())
+        results = await asyncio.gather(*(self._session(ms) for ms in sessions))
+        replies = {
+            m.event_id: o
+            for ms, outs in zip(sessions, results, strict=True)
+            for m, o in zip(ms, outs, strict=True)
+        }
+        return [replies[m.event_id] for m in messages]
 
     async def _session(self, messages: list[ChatMessage]) -> list[Output]:
         out = []

@@ -23,7 +23,15 @@ from workers.policy import AskKind, Decision, PolicySettings, decide
 from workers.settings import StreamSettings
 from workers.state import UserState, UserStateStore
 
-__all__ = ["Ask", "Ranked", "Recommender", "Scorer", "ms_since"]
+__all__ = [
+    "Ask",
+    "Ranked",
+    "Recommender",
+    "Scorer",
+    "ms_since",
+    "popular_list",
+    "recommendation_output",
+]
 
 
 class Scorer(Protocol):
@@ -73,8 +81,6 @@ class Ask:
     k: int
     started: float
     query: str | None = None
-    # Items the user said no to (chat feedback): never listed.
-    exclude: frozenset[str] = frozenset()
 
     @property
     def kind(self) -> AskKind:
@@ -137,7 +143,6 @@ class Recommender:
         for n, (ask, state, decision) in enumerate(zip(asks, states, decisions, strict=True)):
             if decision.route != "model":
                 cands = self.candidates.for_user(state, similar=False)
-                cands = [c for c in cands if c[0] not in ask.exclude]
                 items = popular_list(cands, ask.k)
                 fresh_only = not any(i.source == "popular" for i in items)
                 rung: Rung = "fresh" if fresh_only else "popular"
@@ -147,12 +152,10 @@ class Recommender:
         t = time.perf_counter()
         if warm:
             histories = [list(reversed(states[n].history)) for n in warm]
-            lists = [
-                [c for c in cl if c[0] not in asks[n].exclude]
-                for n, cl in zip(warm, candidate_lists, strict=True)
-            ]
-            scores = await self.scorer.score(histories, [[i for i, _ in cl] for cl in lists])
-            for n, cands, s in zip(warm, lists, scores, strict=True):
+            scores = await self.scorer.score(
+                histories, [[i for i, _ in cl] for cl in candidate_lists]
+            )
+            for n, cands, s in zip(warm, candidate_lists, scores, strict=True):
                 items = self.top_k(cands, np.asarray(s), asks[n].k)
                 results[n] = Ranked(
                     asks[n], states[n], decisions[n], items, "model", "model", cands
