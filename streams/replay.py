@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import hashlib
 import random
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from contracts import (
     topics,
 )
 from streams.kafka import ensure_topics
+from workers.catalog import display_title
 from workers.settings import Settings
 
 __all__ = ["CATALOG_TS_MS", "ReplayStats", "ml100k_events", "ml100k_folder", "replay"]
@@ -158,8 +158,8 @@ def ml100k_events(
         texts = [
             "hi",
             f"I'd like a {genre} movie",
-            f"not {_short(other)}",
-            f"more like {_short(favourite)}",
+            f"not {display_title(other, year=False)}",
+            f"more like {display_title(favourite, year=False)}",
             "great, thanks",
         ]
         return ChatMessage(
@@ -200,13 +200,6 @@ def _share(user: str) -> float:
     """A stable pseudo-random number in [0, 1) per user (the same on every replay)."""
     digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-def _short(title: str) -> str:
-    """'Usual Suspects, The (1995)' -> 'The Usual Suspects', as a person would type it."""
-    base = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
-    m = re.match(r"^(.*), (The|A|An)$", base)
-    return f"{m.group(2)} {m.group(1)}" if m else base
 
 
 async def replay(

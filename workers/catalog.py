@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 from contracts import CatalogChange
 from workers.resources import RedisResource, RedisScript, state_store_error
 
-__all__ = ["CatalogStore", "CatalogView", "ItemRecord", "item_text"]
+__all__ = ["CatalogStore", "CatalogView", "ItemRecord", "display_title", "item_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,20 @@ local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], seq, ARGV[6])
 return seq
 """
+
+
+def display_title(title: str, *, year: bool = True) -> str:
+    """A catalog title as people write it: 'Usual Suspects, The (1995)' -> 'The Usual
+    Suspects (1995)', or 'The Usual Suspects' with ``year=False``."""
+    base = title.strip()
+    found = re.search(r"\s*\(\d{4}\)$", base)
+    suffix = found.group(0) if found else ""
+    if found:
+        base = base[: found.start()].strip()
+    m = re.match(r"^(.*), (The|A|An)$", base)
+    if m:
+        base = f"{m.group(2)} {m.group(1)}"
+    return f"{base}{suffix}" if year else base
 
 
 def item_text(

@@ -42,7 +42,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from contracts import ChatMessage, ChatReply, RankedItem, derive_id, topics
-from workers.catalog import CatalogView
+from workers.catalog import CatalogView, display_title
 from workers.llm import LLM, Preferences, Turn
 from workers.llm_items import budgeted, items_of
 from workers.outputs import Output, OutputStore
@@ -102,11 +102,7 @@ def _norm(text: str) -> str:
 
 
 def _short_title(title: str) -> str:
-    base = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
-    m = re.match(r"^(.*), (The|A|An)$", base)
-    if m:
-        base = f"{m.group(2)} {m.group(1)}"
-    return _norm(base)
+    return _norm(display_title(title, year=False))
 
 
 @dataclass

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from contracts import Evidence, Explanation, Recommendation, derive_id, topics
-from workers.catalog import CatalogView, ItemRecord
+from workers.catalog import CatalogView, ItemRecord, display_title
 from workers.llm import LLM, UserContext
 from workers.llm.errors import UnsafeOutput
 from workers.llm.grounding import check_grounded
@@ -42,7 +41,6 @@ __all__ = [
     "ExplainHandler",
     "GroundingCheck",
     "check_grounding",
-    "display_title",
     "template_text",
 ]
 
@@ -100,12 +98,6 @@ def _evidence_facts(evidence: Sequence[Evidence]) -> list[str]:
         elif e.value:
             facts.append(f"{e.name or e.kind}: {e.value}")
     return facts
-
-
-def display_title(title: str) -> str:
-    """'Long Kiss Goodnight, The' -> 'The Long Kiss Goodnight' (as people write it)."""
-    m = re.match(r"^(.*), (The|A|An)(\s*\(\d{4}\))?$", title.strip())
-    return f"{m.group(2)} {m.group(1)}{m.group(3) or ''}" if m else title
 
 
 def template_text(item: ItemRecord, evidence: Sequence[Evidence], titles: dict[str, str]) -> str:
