@@ -157,7 +157,7 @@ def ml100k_events(
         other = titles.get(str(rng.randint(1, len(titles))), "Heat (1995)")
         texts = [
             "hi",
-            f"I'd like a {genre} movie",
+            f"I'd like {'an' if genre[:1] in 'aeiou' else 'a'} {genre} movie",
             f"not {display_title(other, year=False)}",
             f"more like {display_title(favourite, year=False)}",
             "great, thanks",
