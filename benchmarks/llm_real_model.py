@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streams.replay import ml100k_folder  # noqa: E402
+from workers import quality  # noqa: E402
 from workers.explain import check_grounding  # noqa: E402
 from workers.llm import (  # noqa: E402
     LLM,
@@ -319,19 +320,67 @@ DIALOGUES: tuple[tuple[tuple[str, str], ...], ...] = (
 )
 
 
+@dataclass
+class ColdRankings:
+    """The non-LLM rankings of the cold-user protocol (deterministic given the seed)."""
+
+    movies: dict[str, Movie]
+    seqs: dict[str, list[str]]
+    eval_users: list[str]
+    pop: Counter[str]
+    pop_order: list[str]
+    text: TextIndex
+    text_weight: float
+
+    @classmethod
+    def build(
+        cls, movies: dict[str, Movie], seqs: dict[str, list[str]], args: argparse.Namespace
+    ) -> ColdRankings:
+        rng = random.Random(args.seed)
+        users = sorted((u for u, s in seqs.items() if len(s) >= 5), key=int)
+        rng.shuffle(users)
+        eval_users = users[: args.users]
+        held = set(eval_users)
+        pop = Counter(i for u, s in seqs.items() if u not in held for i in s)
+        pop_order = sorted(movies, key=lambda i: (-pop[i], int(i)))
+        return cls(movies, seqs, eval_users, pop, pop_order, TextIndex(movies), args.text_weight)
+
+    def of(self, n: int, user: str) -> tuple[list[str], str, list[str], list[str]]:
+        """(history, target, popularity ranking, pop_text ranking) of the n-th user."""
+        t = 1 + n % 3
+        history, target = self.seqs[user][:t], self.seqs[user][t]
+        seen = set(history)
+        prof = self.text.profile(history)
+        pop_rank = [i for i in self.pop_order if i not in seen]
+        max_log = math.log1p(max(self.pop.values()))
+
+        def blend(i: str) -> float:
+            return float(
+                math.log1p(self.pop[i]) / max_log + self.text_weight * self.text.cosine(prof, i)
+            )
+
+        pt_rank = sorted(pop_rank, key=lambda i: (-blend(i), int(i)))
+        return history, target, pop_rank, pt_rank
+
+
+def served_list(llm_ids: Sequence[str], pt_rank: Sequence[str]) -> list[str]:
+    """The whole list as served: the LLM's top k, then pop_text's order (uncut MRR)."""
+    head = list(llm_ids)
+    taken = set(head)
+    return head + [i for i in pt_rank if i not in taken]
+
+
+def position(ranked: Sequence[str], target: str) -> int:
+    """1-based position of ``target`` in ``ranked`` (len + 1 when absent)."""
+    return ranked.index(target) + 1 if target in ranked else len(ranked) + 1
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     movies, seqs = load(ml100k_folder(Settings.from_env()))
     titles = {m.id: m.title for m in movies.values()}
     by_title = {m.title.lower(): m for m in movies.values()}
-    rng = random.Random(args.seed)
-    users = sorted((u for u, s in seqs.items() if len(s) >= 5), key=int)
-    rng.shuffle(users)
-    eval_users = users[: args.users]
-    held = set(eval_users)
-    pop = Counter(i for u, s in seqs.items() if u not in held for i in s)
-    pop_order = sorted(movies, key=lambda i: (-pop[i], int(i)))
-    max_log = math.log1p(max(pop.values()))
-    text = TextIndex(movies)
+    cold = ColdRankings.build(movies, seqs, args)
+    eval_users = cold.eval_users
 
     endpoint = EndpointSettings(
         name="local",
@@ -403,16 +452,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if time.monotonic() - started > args.minutes * 60:
                 print(f"time budget spent after {n} users", flush=True)
                 break
-            t = 1 + n % 3
-            history, target = seqs[user][:t], seqs[user][t]
-            seen = set(history)
-            prof = text.profile(history)
-            pop_rank = [i for i in pop_order if i not in seen]
-
-            def blend(i: str, prof: dict[str, float] = prof) -> float:
-                return float(math.log1p(pop[i]) / max_log + args.text_weight * text.cosine(prof, i))
-
-            pt_rank = sorted(pop_rank, key=lambda i: (-blend(i), int(i)))
+            history, target, pop_rank, pt_rank = cold.of(n, user)
+            t = len(history)
             top = pt_rank[:TOP]
             allowed = set(top)
             cands = [movies[i].item() for i in top]
@@ -425,6 +466,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             row["popularity"] = hr_ndcg(pop_rank, target)
             row["pop_text"] = hr_ndcg(pt_rank, target)
+            # Uncut positions (for MRR); an LLM method's list is its top k, then pop_text's.
+            row["popularity_rank"] = position(pop_rank, target)
+            row["pop_text_rank"] = position(pt_rank, target)
             row["pop_text_hr20"] = float(target in allowed)
             row["llm_called"] = target in allowed or args.call_all
             if not row["llm_called"]:
@@ -432,6 +476,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # it every one of them scores 0 whatever it answers; no call needed.
                 for method in LLM_METHODS:
                     row[method] = (0.0, 0.0)
+                    row[f"{method}_rank"] = row["pop_text_rank"]
                 per_user.append(row)
                 continue
             llm_users += 1
@@ -449,6 +494,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[method] = hr_ndcg(r.item_ids, target) if not isinstance(r, LLMError) else None
                 if isinstance(r, LLMError):
                     row[f"{method}_error"] = type(r).__name__
+                else:
+                    row[f"{method}_rank"] = position(served_list(r.item_ids, pt_rank), target)
             r = await one(
                 "llm_rerank_top20",
                 allowed,
@@ -458,6 +505,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             row["llm_rerank_top20"] = (
                 hr_ndcg(r.item_ids, target) if not isinstance(r, LLMError) else None
             )
+            if not isinstance(r, LLMError):
+                row["llm_rerank_top20_rank"] = position(served_list(r.item_ids, pt_rank), target)
             if llm_users <= args.explain_users:
                 item = movies[top[0]]
                 evidence = [movies[i].item() for i in history]
@@ -547,6 +596,8 @@ def summarise(
         diffs = [a - b for a, b in pairs]
         table[m]["ndcg@10_minus_pop_text"] = round(statistics.fmean(diffs), 4) if diffs else None
         table[m]["ndcg@10_minus_pop_text_ci95"] = [round(x, 4) for x in boot_ci(diffs)]
+    for m in methods:
+        table[m].update(rank_metrics(rows, m))
     hr20 = [r["pop_text_hr20"] for r in rows]
     passed = sum(g["passed"] for g in grounding)
     return {
@@ -591,10 +642,148 @@ def summarise(
     }
 
 
+def _placed(target: str, rank: int) -> list[str]:
+    """A list with ``target`` at 1-based ``rank`` (what the metrics need of one target)."""
+    return [f"-{n}" for n in range(1, rank)] + [target]
+
+
+def rank_metrics(rows: Sequence[dict[str, Any]], m: str) -> dict[str, Any]:
+    """Precision@10, Recall@10 and uncut MRR (workers.quality) over the users whose
+    list for ``m`` is known; a position known only as a range (a saved run recovered
+    from HR/NDCG, see :func:`recover_ranks`) gives MRR bounds."""
+    p: list[float] = []
+    r: list[float] = []
+    rr_lo: list[float] = []
+    rr_hi: list[float] = []
+    exact = 0
+    for row in rows:
+        rank: int | None = row.get(f"{m}_rank")
+        span: list[int] | None = row.get(f"{m}_rank_range")
+        if rank is not None:
+            lo = hi = rank
+        elif span is not None:
+            lo, hi = span
+        else:
+            continue  # the LLM call failed: no list of its own
+        exact += rank is not None
+        target = row["target"]
+        best, worst = _placed(target, lo), _placed(target, hi)
+        # a range never straddles K: both ends give the same P/R@K
+        p.append(quality.precision_at_k(best, {target}, K))
+        r.append(quality.recall_at_k(best, {target}, K))
+        rr_lo.append(quality.reciprocal_rank(worst, {target}))
+        rr_hi.append(quality.reciprocal_rank(best, {target}))
+    if not p:
+        return {}
+    out: dict[str, Any] = {
+        "p@10": round(statistics.fmean(p), 4),
+        "r@10": round(statistics.fmean(r), 4),
+        "mrr": round(statistics.fmean(rr_lo), 4),
+        "mrr_ci95": [round(x, 4) for x in boot_ci(rr_lo)],
+        "rank_known_exactly": exact,
+    }
+    if rr_lo != rr_hi:
+        out["mrr"] = [round(statistics.fmean(rr_lo), 4), round(statistics.fmean(rr_hi), 4)]
+        out["mrr_note"] = "bounds: some positions known only as a range (11-20)"
+    return out
+
+
+def recover_ranks(saved: dict[str, Any], movies: dict[str, Movie], seqs: Any) -> int:
+    """Uncut positions for a saved run that kept only HR/NDCG@10 per user, without the model.
+
+    Popularity and pop_text are recomputed (deterministic given the saved
+    arguments). An LLM method's list is its top 10 then pop_text's order: a hit
+    gives the position from NDCG (1/log2(r+1)); a miss with the target outside
+    pop_text's top 20 puts it at its pop_text position exactly; a miss with the
+    target inside gives a range in 11..20, from how many of the items ahead of it
+    the LLM could have taken. Returns the rows updated.
+    """
+    args = argparse.Namespace(**saved["args"])
+    cold = ColdRankings.build(movies, seqs, args)
+    done = 0
+    for n, row in enumerate(saved["per_user"]):
+        if cold.eval_users[n] != row["user"]:
+            raise ValueError(f"row {n}: user {row['user']} is not the protocol's {n}-th user")
+        _, target, pop_rank, pt_rank = cold.of(n, row["user"])
+        assert target == row["target"]
+        row["popularity_rank"] = position(pop_rank, target)
+        row["pop_text_rank"] = p = position(pt_rank, target)
+        for m in LLM_METHODS:
+            value = row.get(m)
+            if value is None or f"{m}_rank" in row:
+                continue
+            hit, ndcg = value
+            if hit:
+                row[f"{m}_rank"] = round(2 ** (1 / ndcg) - 1)
+            elif p > TOP:
+                row[f"{m}_rank"] = p
+            else:
+                row[f"{m}_rank_range"] = [11 + max(0, p - 11), min(10 + p, TOP)]
+        done += 1
+    return done
+
+
+def explanation_metrics(
+    samples: Sequence[dict[str, Any]], movies: dict[str, Movie]
+) -> dict[str, Any]:
+    """workers.quality over the real model's explanations (relevance, aspects, coherence)."""
+    from contracts import Evidence
+    from workers.catalog import display_title
+
+    by_title = {m.title: m for m in movies.values()}
+
+    def names(title: str) -> list[str]:
+        return sorted({title, display_title(title)})
+
+    others = sorted({n for m in movies.values() if len(m.title) >= 6 for n in names(m.title)})
+    rel, aspects, coh, parts = [], [], [], defaultdict(list)
+    for g in samples:
+        item = by_title.get(g["item"])
+        history = [by_title[t].id for t in g["history"] if t in by_title]
+        evidence = [Evidence("history_item", item_id=i) for i in g["evidence_ids"]]
+        r = quality.explanation_relevance(evidence, history=history)
+        if r is not None:
+            rel.append(r)
+        terms = {
+            "history": [n for t in g["history"] for n in names(t)],
+            "genre": list(item.genres if item else ())
+            + [x for i in history for x in movies[i].genres],
+            "popularity": ["popular", "trending", "acclaimed"],
+        }
+        aspects.append(quality.text_aspects(g["text"], terms))
+        c = quality.coherence(
+            g["text"],
+            item_names=names(g["item"]),
+            evidence_names=[names(movies[i].title) for i in g["evidence_ids"] if i in movies],
+            other_titles=others,
+        )
+        coh.append(c.score)
+        parts["names_item"].append(c.names_item)
+        parts["no_foreign_title"].append(c.no_foreign_title)
+        parts["evidence_named"].append(c.evidence_named)
+    if not samples:
+        return {}
+    return {
+        "explanations": len(samples),
+        "relevance": round(statistics.fmean(rel), 4) if rel else None,
+        "relevance_note": "share of cited evidence ids in the user's history",
+        "text_aspects_mean": round(quality.informativeness(aspects), 4),
+        "text_aspects_used": dict(Counter(a for s in aspects for a in s)),
+        "coherence": round(statistics.fmean(coh), 4),
+        **{k: round(statistics.fmean(v), 4) for k, v in parts.items()},
+    }
+
+
 def summarise_saved(saved: dict[str, Any]) -> dict[str, Any]:
-    """The tables of a saved result recomputed (per-user rows and samples kept)."""
+    """The tables of a saved result recomputed (per-user rows and samples kept); uncut
+    positions recovered where the run did not keep them, explanation metrics added."""
+    movies, seqs = load(ml100k_folder(Settings.from_env()))
+    recover_ranks(saved, movies, seqs)
     rows = [
-        {k: (tuple(v) if isinstance(v, list) else v) for k, v in r.items()}
+        {
+            k: (tuple(v) if isinstance(v, list) and not k.endswith("_range") else v)
+            for k, v in r.items()
+        }
         for r in saved["per_user"]
     ]
     table = summarise(
@@ -602,6 +791,9 @@ def summarise_saved(saved: dict[str, Any]) -> dict[str, Any]:
     )["cold_users"]
     out = dict(saved)
     out["cold_users"] = table
+    out["real_model"]["explanation_quality"] = explanation_metrics(
+        saved["real_model"]["grounding"]["samples"], movies
+    )
     return out
 
 
@@ -630,6 +822,14 @@ def print_table(result: dict[str, Any]) -> None:
             f"{m:<18}{row['n']:>4}{_f(row['hr@10']):>8}{_ci(row['hr@10_ci95']):>16}"
             f"{_f(row['ndcg@10']):>9}{_ci(row['ndcg@10_ci95']):>16}"
         )
+    print(f"{'method':<18}{'n':>4}{'P@10':>8}{'R@10':>8}{'MRR (uncut)':>22}")
+    for m, row in cold["table"].items():
+        mrr = row.get("mrr")
+        shown = f"{mrr[0]:.3f}-{mrr[1]:.3f}" if isinstance(mrr, list) else _f(mrr)
+        print(f"{m:<18}{row['n']:>4}{_f(row.get('p@10')):>8}{_f(row.get('r@10')):>8}{shown:>22}")
+    q = result["real_model"].get("explanation_quality")
+    if q:
+        print(f"explanation quality: {json.dumps(q)}")
     print("as served (a failed LLM call falls back to pop_text's order):")
     for m in LLM_METHODS:
         row = cold["table"][m]["served_with_fallback"]

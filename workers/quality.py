@@ -184,7 +184,8 @@ def _mentions(text: str, names: Iterable[str]) -> bool:
     lowered = text.lower()
     for name in names:
         n = name.strip().lower()
-        if n and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", lowered):
+        # the substring test first: a regex per catalog title would be compiled per call
+        if n and n in lowered and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", lowered):
             return True
     return False
 
