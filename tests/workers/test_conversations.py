@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from contracts import ChatMessage, ChatReply
 from tests.workers.catalog_data import MOVIES
 from tests.workers.conftest import OpenRuntime
+from workers.quality import conversation_efficiency, genre_diversity, task_completion_rate
 
 GENRES = {item_id: set(genres) for item_id, _, genres in MOVIES}
 TITLES = {item_id: title for item_id, title, _ in MOVIES}
@@ -84,13 +85,18 @@ async def test_twelve_scripted_conversations(open_runtime: OpenRuntime) -> None:
     async with open_runtime(["chat"]) as rt:
         for script in SCRIPTS:
             results.append((script, *await _converse(rt, script)))
-    completed = [(s, t) for s, t, _, _ in results if t is not None]
-    rate = len(completed) / len(SCRIPTS)
-    turns = sorted(t for _, t in completed)
+    accepted_at = [t for _, t, _, _ in results]
+    rate = task_completion_rate(accepted_at)
+    # every user message gets one reply: user + assistant messages = 2 x replies
+    eff = conversation_efficiency(accepted_at, messages=[2 * len(r) for _, _, r, _ in results])
+    lists = [[GENRES[i.item_id] for i in reply.items] for _, _, rs, _ in results for reply in rs]
+    diversity = [genre_diversity(g) for g in lists if len(g) > 1]
     print(
         f"\n{len(SCRIPTS)} conversations: task completion {rate:.0%}; turns to first "
-        f"accepted recommendation: median {turns[len(turns) // 2] if turns else '-'}, "
-        f"max {max(turns) if turns else '-'} (greeting counted as turn 1)"
+        f"accepted recommendation: mean {eff.mean_turns:.2f}, median {eff.median_turns}, "
+        f"max {eff.max_turns} (greeting counted as turn 1); turn pairs per conversation "
+        f"(the seed's efficiency) {eff.mean_turn_pairs:.2f}; genre diversity within a "
+        f"list {sum(diversity) / max(len(diversity), 1):.3f}"
     )
     for script, accepted, replies, down in results:
         print(
