@@ -40,6 +40,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "replay": ("streams.replay", "replay MovieLens-100k into Kafka at a chosen rate"),
     "tail": ("streams.tail", "print an output topic in readable form"),
     "demo": ("streams.demo", "run the whole system end to end on the embedded default"),
+    "bench": ("streams.bench", "benchmark report (JSON, Markdown, plots); needs a source checkout"),
 }
 
 
