@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from streams.kafka import ensure_topics
+from workers.resources import open_redis
 from workers.settings import Settings
 
 __all__ = ["DependencyWatch", "RepeatFilter", "install_repeat_filter", "wait_until_reachable"]
@@ -76,7 +76,9 @@ def install_repeat_filter(interval_s: float = 10.0) -> None:
 
 
 async def _redis_ok(settings: Settings) -> None:
-    client = aioredis.from_url(settings.redis.url.reveal(), socket_connect_timeout=3)
+    # The worker's own client factory: a cluster is probed through its cluster client
+    # (which must reach a node and read the slot map), a single Redis by PING.
+    client = open_redis(settings.redis, socket_connect_timeout=3)
     try:
         await asyncio.wait_for(client.ping(), 5)
     finally:

@@ -1,10 +1,17 @@
 """The item catalog: Redis is the shared truth, each process keeps a view.
 
-    <prefix>:item:{<id>}      hash  title, description, attributes (JSON), ts, deleted,
-                                    features (JSON, LLM-extracted) + features_ts
-    <prefix>:catalog:seq      int   bumped by every applied change
-    <prefix>:catalog:log      zset  item id -> seq of its last change (what changed since N)
-    <prefix>:catalog:fresh    zset  item id -> event time it was first upserted
+    <prefix>:{catalog}:item:<id>  hash  title, description, attributes (JSON), ts, deleted,
+                                        features (JSON, LLM-extracted) + features_ts
+    <prefix>:{catalog}:seq        int   bumped by every applied change
+    <prefix>:{catalog}:log        zset  item id -> seq of its last change (what changed since N)
+    <prefix>:{catalog}:fresh      zset  item id -> event time it was first upserted
+
+All under one hash tag, so one Redis Cluster slot: a change, its sequence
+number and its log entry are written by one script, atomically, so a view
+never reads a sequence number whose change is not in place yet. The
+catalog is small beside per-user state (items, not users x items) and
+changes slowly, so one slot of one primary holds it; the user state, the
+bulk of the data and of the writes, spreads over the cluster.
 
 A change is applied only if its event time is not older than the stored one,
 so a replayed or reordered old upsert can never resurrect a deleted item or
@@ -37,6 +44,9 @@ logger = logging.getLogger(__name__)
 # seconds to catch up; older entries are only needed by a process that was
 # away for days, and such a process reloads everything instead.
 _LOG_MAX = 200_000
+
+# The hash tag of every catalog key (see the module docstring).
+_TAG = "{catalog}"
 
 # A delete of an item never seen is remembered this long (to refuse a late
 # upsert of it), then forgotten; deletes of known items are kept for good.
@@ -151,19 +161,19 @@ class CatalogStore:
         self._enrich_script = RedisScript(redis, _ENRICH_LUA)
 
     def item_key(self, item_id: str) -> str:
-        return self._redis.key("item", "{" + item_id + "}")
+        return self._redis.key(_TAG, "item", item_id)
 
     @property
     def seq_key(self) -> str:
-        return self._redis.key("catalog", "seq")
+        return self._redis.key(_TAG, "seq")
 
     @property
     def log_key(self) -> str:
-        return self._redis.key("catalog", "log")
+        return self._redis.key(_TAG, "log")
 
     @property
     def fresh_key(self) -> str:
-        return self._redis.key("catalog", "fresh")
+        return self._redis.key(_TAG, "fresh")
 
     async def apply(self, changes: Sequence[CatalogChange]) -> int:
         """Apply changes; return how many took effect (older-than-stored ones do not)."""

@@ -11,15 +11,24 @@ from __future__ import annotations
 import enum
 import logging
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from workers.errors import ResourceClosedError, StateStoreError
 from workers.settings import RedisSettings
 
-__all__ = ["RedisResource", "RedisScript", "Resource", "ResourceState", "state_store_error"]
+__all__ = [
+    "RedisClient",
+    "RedisResource",
+    "RedisScript",
+    "Resource",
+    "ResourceState",
+    "open_redis",
+    "state_store_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +86,41 @@ class Resource:
         raise NotImplementedError
 
 
+# One Redis, or a Redis Cluster (RECSTREAM_REDIS_CLUSTER): both clients take
+# the same commands; the cluster one routes each by its key's hash slot and
+# refuses a multi-key command or script whose keys span slots.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+
+def open_redis(settings: RedisSettings, **options: Any) -> RedisClient:
+    """The one place a Redis client is made (state, LLM limits and cache, probes).
+
+    ``options`` are client keyword arguments (timeouts, pool size). The client
+    connects on first use; the cluster client then discovers every node from
+    the one the URL names.
+    """
+    url = settings.url.reveal()
+    if settings.cluster:
+        return RedisCluster.from_url(url, **options)
+    return aioredis.from_url(url, **options)
+
+
 class RedisResource(Resource):
-    """A pooled asyncio Redis client; ``client`` is usable while open."""
+    """A pooled asyncio Redis (or Redis Cluster) client; ``client`` is usable while open."""
 
     def __init__(self, settings: RedisSettings) -> None:
         super().__init__()
         self._settings = settings
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
 
     def __repr__(self) -> str:
-        return f"RedisResource(state={self._state.value}, prefix={self._settings.key_prefix!r})"
+        return (
+            f"RedisResource(state={self._state.value}, prefix={self._settings.key_prefix!r}, "
+            f"cluster={self._settings.cluster})"
+        )
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         self._require_open()
         assert self._client is not None
         return self._client
@@ -99,8 +130,8 @@ class RedisResource(Resource):
         return ":".join([self._settings.key_prefix, *map(str, parts)])
 
     async def _open(self) -> None:
-        client = aioredis.from_url(
-            self._settings.url.reveal(),
+        client = open_redis(
+            self._settings,
             max_connections=self._settings.max_connections,
             decode_responses=False,
             health_check_interval=30,
@@ -139,7 +170,12 @@ class RedisScript:
 
     redis-py's registered scripts send SCRIPT EXISTS before every pipeline that
     uses them (an extra round trip per micro-batch); this loads the script once
-    and reloads it only when the server answers NOSCRIPT (after a restart).
+    and reloads it only when the server answers NOSCRIPT (after a restart, or
+    on a cluster node that was promoted or added since).
+
+    Every call's keys must hash to one slot (tag them ``{...}``), and the
+    script must touch no key it is not given: on a Redis Cluster the client
+    refuses a call whose keys span slots (``tests/cluster`` checks both).
     """
 
     def __init__(self, redis: RedisResource, source: str) -> None:
@@ -158,7 +194,10 @@ class RedisScript:
             try:
                 async with self._redis.client.pipeline(transaction=False) as pipe:
                     for keys, args in calls:
-                        pipe.evalsha(sha, len(keys), *keys, *args)
+                        # Not pipe.evalsha: redis-py's cluster pipeline blocks that method
+                        # name, while the command itself routes by its keys' slot (and
+                        # SCRIPT LOAD went to every primary).
+                        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
                     return list(await pipe.execute())
             except NoScriptError:
                 if attempt == 2:

@@ -125,7 +125,21 @@ class RedisSettings:
     url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
     # Prefix of every key recstream writes, so it can share a Redis safely.
     key_prefix: str = "rs"
+    # Connections per pool: per process with one Redis, per node with a cluster.
     max_connections: int = 64
+    # Redis Cluster: the URL names any one node (the client discovers the
+    # others and follows MOVED/ASK). Every script and multi-key command of
+    # recstream touches one hash slot (docs/operations.md, "Redis Cluster").
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cluster:
+            db = urlsplit(self.url.reveal()).path.strip("/")
+            if db not in {"", "0"}:
+                raise ConfigError(
+                    f"{PREFIX}REDIS_CLUSTER: a Redis Cluster has database 0 only; "
+                    f"{PREFIX}REDIS_URL names database {db}"
+                )
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> RedisSettings:
@@ -133,6 +147,7 @@ class RedisSettings:
             url=_redis_url(env),
             key_prefix=env_str(env, "REDIS_KEY_PREFIX", cls.key_prefix),
             max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", cls.max_connections, minimum=1),
+            cluster=env_bool(env, "REDIS_CLUSTER", cls.cluster),
         )
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from workers.llm.errors import BudgetExceeded
+from workers.resources import RedisClient
 
 __all__ = ["BudgetGovernor", "Reservation"]
 
@@ -61,7 +60,7 @@ class BudgetGovernor:
         tokens_per_hour: int = 0,
         cost_per_minute: float = 0.0,
         cost_per_hour: float = 0.0,
-        redis: aioredis.Redis | None = None,
+        redis: RedisClient | None = None,
         key: str = "rs:llm:budget",
     ) -> None:
         self._limits = (

@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
 
 from workers.llm.deadline import Deadline
 from workers.llm.errors import DeadlineExceeded
 from workers.llm.tokens import normalise_text
+from workers.resources import RedisClient
 
 __all__ = ["ResponseCache", "SingleFlight", "cache_key"]
 
@@ -45,7 +45,7 @@ def cache_key(model: str, params: Mapping[str, Any], messages: Sequence[Mapping[
 class ResponseCache:
     """Validated completions by prompt hash, in Redis with a TTL (or nowhere)."""
 
-    def __init__(self, redis: aioredis.Redis | None, *, prefix: str, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient | None, *, prefix: str, ttl_s: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_s
@@ -55,13 +55,20 @@ class ResponseCache:
         return self._redis is not None
 
     def _k(self, key: str) -> str:
-        return f"{self._prefix}:c:{key}"
+        # The hash is the key's hash tag, so an entry and its lock share a Redis
+        # Cluster slot (wait_for reads both in one MGET) while entries spread.
+        return f"{self._prefix}:c:{{{key}}}"
 
     async def get_first(self, keys: Sequence[str]) -> tuple[str, bytes] | None:
         """The first key (in preference order) that has an entry, and its value."""
         if self._redis is None or not keys:
             return None
-        values = await self._redis.mget([self._k(k) for k in keys])
+        # One GET per key in a pipeline, not one MGET: the keys are in different
+        # slots, which a Redis Cluster refuses in one command.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.get(self._k(k))
+            values = await pipe.execute()
         for key, value in zip(keys, values, strict=True):
             if value is not None:
                 return key, _as_bytes(value)

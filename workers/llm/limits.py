@@ -23,11 +23,11 @@ import time
 import uuid
 from collections import deque
 
-import redis.asyncio as aioredis
 from asyncio_throttle.throttler import Throttler
 
 from workers.llm.deadline import Deadline
 from workers.llm.errors import PromptTooLarge, RateLimited
+from workers.resources import RedisClient
 
 __all__ = ["EndpointLimiter", "RequestThrottler", "SharedWindowLimiter", "TokenWindow"]
 
@@ -179,7 +179,7 @@ class SharedWindowLimiter:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         key: str,
         *,
         rpm: int,

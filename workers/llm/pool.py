@@ -24,7 +24,6 @@ from typing import Any, Self, TypeVar
 
 import httpx
 import orjson
-import redis.asyncio as aioredis
 
 from workers.errors import ResourceClosedError
 from workers.llm import metrics
@@ -48,6 +47,7 @@ from workers.llm.limits import EndpointLimiter, SharedWindowLimiter
 from workers.llm.safety import redact
 from workers.llm.settings import EndpointSettings, LLMSettings
 from workers.llm.tokens import estimate_messages, estimate_request, estimate_tokens
+from workers.resources import RedisClient
 
 __all__ = ["ChatRequest", "Completion", "Endpoint", "LLMPool", "Usage"]
 
@@ -146,7 +146,7 @@ class Endpoint:
         self,
         settings: EndpointSettings,
         *,
-        redis: aioredis.Redis | None,
+        redis: RedisClient | None,
         key_prefix: str,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
@@ -368,7 +368,7 @@ class LLMPool:
         self,
         settings: LLMSettings,
         *,
-        redis: aioredis.Redis | None = None,
+        redis: RedisClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
