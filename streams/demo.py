@@ -1,19 +1,32 @@
 """``recstream demo``: the whole system end to end on the embedded default.
 
-1. Kafka and Redis up (deploy/local/infra.sh), topics created.
-2. The model loaded from ``$RECSTREAM_MODEL_DIR``, or trained and exported
-   first when there is none (``recstream train`` + ``recstream export``).
+1. Kafka and Redis up (deploy/local/infra.sh), topics created (a fresh topic
+   and Redis key prefix per run).
+2. The model loaded from ``$RECSTREAM_HOME/models/current`` (or
+   ``$RECSTREAM_MODEL_DIR``), trained and exported first when there is none.
 3. Worker roles started as separate processes, as a deployment runs them:
-   catalog, interactions, requests, chat and explain always; with an LLM
-   (``--llm test``: the scripted LLM TEST SERVER, not a model; ``--llm local``:
-   the real local model; or ``RECSTREAM_LLM_BASE_URL``) also llm and enrich.
-4. MovieLens-100k replayed (catalog, then ratings in time order with
-   recommendation requests, 10% of users arriving cold with a stated context,
-   scripted chat turns), with progress.
-5. A readable sample of recommendations with their explanations, one
-   conversation turn by turn, and a closing summary: events in, outputs by
-   rung, dead letters, throughput, latency percentiles.
-6. Clean teardown: workers stopped (SIGTERM), then Kafka and Redis (unless --keep).
+   catalog, interactions, requests, chat and explain always; with an LLM also
+   llm and enrich. LLM modes: none configured = LLM paths off (chat by rules,
+   explanations by template); ``--llm test`` = the LLM TEST SERVER (scripted,
+   not a model); ``--llm local`` = the real local model (recstream llm-local);
+   or any OpenAI-compatible endpoint in ``RECSTREAM_LLM_BASE_URL``.
+4. MovieLens-100k replayed (catalog, then the first ``--limit`` ratings in
+   time order at ``--rate`` events/s with recommendation requests, 10% of
+   users arriving cold with a stated context, scripted chat turns, malformed
+   events), then one five-turn conversation of the demo's own.
+5. A live dashboard meanwhile (plain lines when stdout is not a terminal):
+   throughput per topic, consumer lag per role, request -> list latency,
+   serving rungs and routes, LLM calls, tokens, cost and cache hits, dead
+   letters, and the online hit rate (was each interaction's item in the
+   latest list recommended to that user before it?) next to the model's
+   offline HR@10. An observer in this process reads the topics; the workers
+   do no extra work for it.
+6. Samples (lists with their explanations, the conversation turn by turn),
+   a summary, also written to ``$RECSTREAM_HOME/demo/<run>/`` (summary.json,
+   summary.md, dashboard.txt).
+7. Teardown: workers and the LLM server stopped; the run's topics and Redis
+   keys deleted, and Kafka and Redis stopped if this run started them; all
+   left in place with ``--keep``.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import io
+import json
 import os
 import signal
 import socket
@@ -29,16 +44,22 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
+from aiokafka.admin import AIOKafkaAdminClient
+from rich.console import Console
 
-from contracts import CODECS, ChatMessage, ChatReply, Explanation, Recommendation, topics
+from contracts import CODECS, ChatMessage, topics
+from streams.dashboard import LLM_TEST_LABEL, Dashboard, Snapshot, render
 from streams.infra import SCRIPT
-from streams.kafka import ensure_topics, topic_reader
-from streams.replay import ml100k_events, ml100k_folder, replay
+from streams.kafka import KafkaProducerResource, client_security, ensure_topics
+from streams.observe import Observer
+from streams.replay import ReplayStats, ml100k_events, ml100k_folder, replay
 from streams.tail import format_event
+from workers.catalog import display_title
+from workers.resources import open_redis
 from workers.settings import Settings
 
 __all__ = ["main"]
@@ -47,6 +68,9 @@ __all__ = ["main"]
 # templates); the LLM-only roles join when an endpoint is configured.
 ROLES = ("catalog", "interactions", "requests", "chat", "explain")
 LLM_ROLES = ("llm", "enrich")
+# Ratings in MovieLens-100k (the replay's whole stream when --limit is 0).
+ML100K_RATINGS = 100_000
+SHOWCASE_TURNS = 5
 
 
 def _step(text: str) -> None:
@@ -117,66 +141,6 @@ async def _wait_ready(
                 await asyncio.sleep(0.3)
 
 
-async def _drain(settings: Settings, expected_requests: int, idle_s: float = 5.0) -> dict[str, Any]:
-    """Read every output until the requests are answered and the topics go quiet."""
-    consumer = topic_reader(
-        settings.kafka,
-        topics.REQUESTS,
-        topics.RECOMMENDATIONS,
-        topics.DEAD_LETTERS,
-        topics.EXPLANATIONS,
-        topics.CHAT,
-        topics.CHAT_REPLIES,
-    )
-    await consumer.start()
-    request_ts: dict[str, int] = {}
-    recs: list[tuple[Recommendation, int]] = []
-    explanations: dict[tuple[str, str], Explanation] = {}
-    chat: list[Any] = []
-    dead = 0
-    last = time.monotonic()
-    answered: set[str] = set()
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                short = tp.topic.removeprefix(settings.kafka.topic_prefix)
-                for r in records:
-                    if short == topics.DEAD_LETTERS:
-                        dead += 1
-                        continue
-                    event = CODECS[short].decode(r.value)
-                    if short == topics.REQUESTS:
-                        request_ts[event.request_id] = r.timestamp
-                    elif short == topics.RECOMMENDATIONS:
-                        recs.append((event, r.timestamp))
-                        if event.cause.kind == "request":
-                            answered.add(event.cause.id)
-                    elif short == topics.EXPLANATIONS:
-                        explanations[(event.rec_id, event.item_id)] = event
-                    else:
-                        chat.append(event)
-            if batch:
-                last = time.monotonic()
-                continue
-            quiet = time.monotonic() - last
-            # Done when every request is answered and the topics went quiet; give
-            # up waiting for stragglers after a longer silence.
-            if (len(answered) >= expected_requests and quiet > idle_s) or quiet > idle_s * 6:
-                break
-    finally:
-        await consumer.stop()
-    latencies = [ts - request_ts[rec.cause.id] for rec, ts in recs if rec.cause.id in request_ts]
-    return {
-        "recs": recs,
-        "dead": dead,
-        "answered": answered,
-        "latencies_ms": latencies,
-        "explanations": explanations,
-        "chat": chat,
-    }
-
-
 def _start_llm(mode: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes] | None]:
     """The endpoint URL for ``mode`` and the process serving it (None if not ours)."""
     cli = [sys.executable, "-m", "streams.cli"]
@@ -214,24 +178,6 @@ def _wait_port(port: int, limit_s: float = 30) -> None:
     raise SystemExit(f"the LLM server did not listen on {port}")
 
 
-def _print_conversation(chat: list[Any], titles: dict[str, str]) -> None:
-    """The longest session of the run, the user's turns and the replies in order."""
-    messages = [e for e in chat if isinstance(e, ChatMessage)]
-    replies = {e.in_reply_to: e for e in chat if isinstance(e, ChatReply)}
-    sessions: dict[str, list[ChatMessage]] = {}
-    for m in messages:
-        sessions.setdefault(m.session_id, []).append(m)
-    if not sessions:
-        print("(no chat in this replay)")
-        return
-    session = max(sessions.values(), key=len)
-    for m in session:
-        print(f"  user:      {m.text}")
-        reply = replies.get(m.event_id)
-        if reply is not None:
-            print(f"  assistant: {reply.text}  [{reply.source}, state {reply.state}]")
-
-
 def _stop(procs: list[tuple[str, int, subprocess.Popen[bytes]]]) -> None:
     for _, _, proc in procs:
         if proc.poll() is None:
@@ -245,48 +191,373 @@ def _stop(procs: list[tuple[str, int, subprocess.Popen[bytes]]]) -> None:
         print(f"worker {role:<12} stopped (exit {code})")
 
 
+# --------------------------------------------------------------- the run
+
+
+def _offline_metrics(settings: Settings) -> tuple[dict[str, float], str]:
+    """HR@10 of the served model offline (manifest, else the run's metrics.json)."""
+    model_dir = settings.model.model_dir
+    try:
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}, "no model manifest"
+    report = manifest.get("metrics") or {}
+    if not report.get("results"):
+        # `recstream evaluate` after a --no-eval training writes only the run's file.
+        path = settings.home / "runs" / str(manifest.get("version", "")) / "metrics.json"
+        with contextlib.suppress(OSError, ValueError):
+            report = json.loads(path.read_text())
+    results = report.get("results") or {}
+    out: dict[str, float] = {}
+    # mixed: ranking over warm + cold items, as the stream serves; full: warm items only.
+    for proto, label in (("mixed", "HR@10 mixed"), ("full", "HR@10 warm")):
+        value = results.get(proto, {}).get("A-LLMRec", {}).get("HR@10")
+        if value is not None:
+            out[label] = float(value)
+    note = "" if out else "not evaluated (trained with --no-eval; run `recstream evaluate`)"
+    return out, note
+
+
+def _llm_label(mode: str, url: str) -> str:
+    if mode == "test":
+        return f"{LLM_TEST_LABEL} at {url}"
+    if mode == "local":
+        return f"the local model (Qwen2.5-Coder-1.5B Q4_K_M, CPU) at {url}"
+    if mode == "endpoint":
+        return f"the configured endpoint {url}"
+    return "off (no endpoint configured): LLM paths off; chat by rules, explanations by template"
+
+
+def _source(source: str, mode: str) -> str:
+    """An output's source, labelled when it is the test server's canned text."""
+    return f"llm: {LLM_TEST_LABEL}" if source == "llm" and mode == "test" else source
+
+
+async def _showcase_chat(settings: Settings, observer: Observer, titles: dict[str, str]) -> str:
+    """One scripted conversation of the demo's own, for the turn-by-turn sample.
+
+    The replay's chat turns are spread thin over many users; this one is five
+    turns in one session of a user who already got a model list, turning down
+    that list's first item. Returns the session id ('' when no such user yet).
+    """
+    recs = [*observer.samples.by_request, *observer.samples.by_interaction]
+    if not recs:
+        return ""
+    rec = recs[-1]
+    first = display_title(titles.get(rec.items[0].item_id, "Heat"), year=False)
+    texts = ["hi", "I'd like a thriller", f"not {first}", "more like Star Wars", "great, thanks"]
+    session = f"showcase-{rec.user_id}"
+    now = int(time.time() * 1000)
+    async with KafkaProducerResource(settings.kafka) as resource:
+        for n, text in enumerate(texts):
+            message = ChatMessage(f"{session}-{n}", session, rec.user_id, text, now + n)
+            await resource.producer.send_and_wait(
+                settings.kafka.topic(topics.CHAT),
+                CODECS[topics.CHAT].encode(message),
+                key=session.encode(),
+            )
+    return session
+
+
+async def _run(
+    settings: Settings,
+    args: argparse.Namespace,
+    observer: Observer,
+    dashboard: Dashboard,
+    titles: dict[str, str],
+) -> tuple[ReplayStats, Snapshot, dict[str, float]]:
+    """Replay while the observer reads and the dashboard draws; then drain."""
+    stop = asyncio.Event()
+    loops = [
+        asyncio.create_task(observer.consume(stop), name="observe"),
+        asyncio.create_task(observer.scrape(stop), name="scrape"),
+    ]
+    draw = asyncio.create_task(dashboard.run(observer.snapshot, stop), name="dashboard")
+    phases: dict[str, float] = {}
+    try:
+        observer.phase = "replaying"
+        t = time.monotonic()
+        stats = await replay(
+            settings,
+            limit=args.limit,
+            rate=args.rate,
+            request_every=args.request_every,
+            malformed=args.malformed,
+            cold_share=args.cold_share,
+            chat_share=args.chat_share,
+            progress=False,
+        )
+        observer.malformed_sent = stats.malformed
+        observer.showcase = await _showcase_chat(settings, observer, titles)
+        chats = stats.chat + (SHOWCASE_TURNS if observer.showcase else 0)
+        phases["replay_s"] = time.monotonic() - t
+        observer.phase = "draining"
+        t = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            for task in loops:
+                if task.done():
+                    task.result()  # the observer failed: raise its error
+                    raise RuntimeError(f"{task.get_name()} stopped early")
+            quiet = observer.quiet_s()
+            # Done when every request and chat turn is answered, no role is behind
+            # and the topics went quiet (explanations have no count to wait for);
+            # give up on stragglers after a long silence (a role may be stuck).
+            answered = (
+                observer.answered >= stats.requests
+                and observer.counts.get(topics.CHAT_REPLIES, 0) >= chats
+            )
+            caught_up = all(v == 0 for v in observer.lag.values())
+            if (answered and caught_up and quiet > args.idle) or quiet > 12 * args.idle:
+                break
+        phases["drain_s"] = time.monotonic() - t
+        observer.phase = "done"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            await observer.scrape_once(client)
+    finally:
+        stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+        last = await draw
+    return stats, last, phases
+
+
+def _print_samples(observer: Observer, titles: dict[str, str], n: int, mode: str) -> None:
+    s = observer.samples
+    half = max(1, n // 2)
+    shown = list(s.by_request)[-half:] + list(s.by_interaction)[-(n - half) :]
+    for rec in shown:
+        print(format_event(rec, titles))
+        for item in rec.items[:2]:
+            expl = s.explanations.get((rec.rec_id, item.item_id))
+            if expl is not None:
+                name = titles.get(item.item_id, item.item_id)
+                print(f"    why {name}: {expl.text} [{_source(expl.source, mode)}]")
+    if s.cold:
+        rec = s.cold[-1]
+        print(f"\ncold user with stated context (route {rec.route}, rung {rec.rung}):")
+        print(f"  {rec.reason}")
+        print(format_event(rec, titles))
+
+
+def _print_conversation(observer: Observer, mode: str) -> None:
+    """The longest answered session of the run, the user's turns and the replies in order."""
+    s = observer.samples
+    answered = {
+        sid: turns
+        for sid, turns in s.sessions.items()
+        if any(m.event_id in s.replies for m in turns)
+    }
+    if not answered:
+        print("(no chat answered in this replay)")
+        return
+    if observer.showcase in answered:
+        sid, turns = observer.showcase, answered[observer.showcase]
+    else:
+        sid, turns = max(answered.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    print(f"session {sid}")
+    for m in sorted(turns, key=lambda m: (m.ts_ms, m.event_id)):
+        print(f"  user:      {m.text}")
+        reply = s.replies.get(m.event_id)
+        if reply is None:
+            print("  assistant: (no reply)")
+            continue
+        print(
+            f"  assistant: {reply.text}  [{_source(reply.source, mode)}, "
+            f"intent {reply.intent}, state {reply.state}]"
+        )
+
+
+def _summary(
+    run: str,
+    args: argparse.Namespace,
+    mode: str,
+    stats: ReplayStats,
+    observer: Observer,
+    phases: dict[str, float],
+) -> dict[str, Any]:
+    data = observer.summary()
+    replay_s = phases.get("replay_s", 0.0)
+    data.update(
+        run=run,
+        llm_mode=mode,
+        options={k: v for k, v in vars(args).items() if k != "keep"},
+        sent={
+            "catalog": stats.catalog,
+            "ratings": stats.interactions,
+            "requests": stats.requests,
+            "cold_requests": stats.cold_requests,
+            "chat": stats.chat,
+            "malformed": stats.malformed,
+            "total": stats.total,
+        },
+        seconds={k: round(v, 1) for k, v in phases.items()},
+        replay_events_per_s=round(stats.total / replay_s, 1) if replay_s else 0.0,
+    )
+    return data
+
+
+def _summary_lines(data: dict[str, Any]) -> list[str]:
+    sent, hit, sec = data["sent"], data["hit_rate"], data["seconds"]
+    lat = data["latency_ms"]
+    offline = data["offline"]
+    offline_text = (
+        ", ".join(f"{k} {v:.4f}" for k, v in offline.items()) if offline else data["offline_note"]
+    )
+    lines = [
+        f"run:              {data['run']} (model {data['model_version']}, LLM {data['llm']})",
+        f"events sent:      {sent['total']:,} ({sent['catalog']:,} catalog, {sent['ratings']:,} "
+        f"ratings, {sent['requests']:,} requests of which {sent['cold_requests']:,} cold with "
+        f"context, {sent['chat']:,} chat turns, {sent['malformed']:,} malformed)",
+        f"requests answered: {data['answered']:,}/{data['requests']:,}",
+        "recommendations:  "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(data["rungs"].items(), key=lambda kv: -kv[1]))
+        + " (by rung)",
+        "routes:           "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(data["routes"].items(), key=lambda kv: -kv[1])),
+        "explanations:     "
+        + (", ".join(f"{k} {v:,}" for k, v in data["explanations"].items()) or "none"),
+        "chat replies:     "
+        + (", ".join(f"{k} {v:,}" for k, v in data["chat_replies"].items()) or "none"),
+        f"dead letters:     {data['dead_letters']:,} (malformed sent: {sent['malformed']:,})",
+    ]
+    if data["llm_on"]:
+        tokens = data["llm_tokens"]
+        lines.append(
+            f"LLM:              calls {data['llm_calls']}, tokens {tokens}, cost "
+            f"${data['llm_cost_usd']:.4f}, cache {data['llm_cache']}"
+        )
+    if lat:
+        lines.append(
+            f"latency:          request -> list (Kafka timestamps) p50 {lat[0]:,.0f} ms, p95 "
+            f"{lat[1]:,.0f} ms, p99 {lat[2]:,.0f} ms over {data['latency_n']:,} requests"
+        )
+    lines += [
+        f"online HR@10:     {hit['rate']:.4f} ({hit['hits']:,} of {hit['evaluated']:,} "
+        f"interactions were in the user's latest earlier list; {hit['no_list']:,} had none)",
+        f"offline HR@10:    {offline_text} (same model, leave-one-out on each user's last item)",
+        f"time:             setup {sec.get('setup_s', 0):.0f} s, replay "
+        f"{sec.get('replay_s', 0):.0f} s ({data['replay_events_per_s']:,.0f} events/s), "
+        f"drain {sec.get('drain_s', 0):.0f} s, total {sec.get('total_s', 0):.0f} s",
+    ]
+    return lines
+
+
+def _write_summary(folder: Path, data: dict[str, Any], lines: list[str], screen: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (folder / "dashboard.txt").write_text(screen)
+    md = [f"# recstream demo {data['run']}", "", "```", *lines, "```", "", "Last dashboard:", ""]
+    md += ["```", screen.rstrip(), "```", ""]
+    (folder / "summary.md").write_text("\n".join(md))
+
+
+async def _cleanup(settings: Settings, run: str) -> None:
+    """Delete the run's topics and Redis keys (a shared Kafka and Redis stay tidy)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **client_security(settings.kafka)
+    )
+    await admin.start()
+    try:
+        # The run's contract topics and faust's own topics of the run's groups.
+        mine = [t for t in await admin.list_topics() if t.startswith(f"{run}-")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+    client = open_redis(settings.redis)
+    try:
+        keys = [
+            k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000)
+        ]
+        for n in range(0, len(keys), 1000):
+            # One UNLINK per key in a pipeline: a cluster refuses multi-key commands
+            # across slots.
+            pipe = client.pipeline(transaction=False)
+            for key in keys[n : n + 1000]:
+                pipe.unlink(key)
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    print(f"deleted {len(mine)} topics and {len(keys)} Redis keys of run {run}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="recstream demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--limit", type=int, default=0, help="ratings to replay (0 = all 100,000)")
+    # Defaults sized for about 3 minutes on a busy 2-core machine (docs/demo.md):
+    # the workers keep up with 600 events/s there, so lists come from the model
+    # and not from a lagging user state; --limit 0 replays all 100,000 ratings.
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=30_000,
+        help="ratings to replay, the first in time order (0 = all 100,000; default 30,000)",
+    )
     parser.add_argument(
         "--rate",
         type=float,
-        default=2000.0,
-        help="events/s (0 = as fast as possible; then requests race ahead of the "
-        "interactions before them and many users still look cold)",
+        default=600.0,
+        help="events/s (default 600; 0 = as fast as possible, then requests race ahead of "
+        "the interactions before them and many users still look cold)",
     )
     parser.add_argument("--request-every", type=int, default=10, help="a request every N ratings")
     parser.add_argument(
         "--malformed", type=float, default=0.01, help="fraction of invalid events mixed in"
     )
-    parser.add_argument("--sample", type=int, default=5, help="recommendations to print")
-    parser.add_argument("--keep", action="store_true", help="leave Kafka and Redis running")
+    parser.add_argument("--sample", type=int, default=4, help="recommendations to print")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave Kafka, Redis and the run's topics and keys in place (recstream tail); "
+        "workers and the LLM server are stopped either way",
+    )
     parser.add_argument(
         "--llm",
         choices=("off", "test", "local"),
         default=None,
         help="the LLM: off; test = the scripted LLM TEST SERVER (not a model); local = the "
-        "real local model (recstream llm-local; fetches ~1.1 GB once). Default: "
-        "RECSTREAM_LLM_BASE_URL if set, else off",
+        "real local model (recstream llm-local; fetches ~1.1 GB once). Default: the endpoint "
+        "in RECSTREAM_LLM_BASE_URL (or RECSTREAM_LLM_ENDPOINTS) if set, else off",
     )
     parser.add_argument(
         "--cold-share", type=float, default=0.1, help="users arriving cold with stated context"
     )
-    parser.add_argument("--chat-share", type=float, default=0.02, help="chat turns per rating")
+    parser.add_argument(
+        "--chat-share",
+        type=float,
+        default=0.002,
+        help="scripted chat turns per rating (the demo adds one five-turn conversation of "
+        "its own, shown turn by turn)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain progress lines instead of the live dashboard (the default when stdout is "
+        "not a terminal)",
+    )
+    parser.add_argument(
+        "--idle", type=float, default=5.0, help="seconds of quiet topics that end the drain"
+    )
     args = parser.parse_args(argv)
+    t_start = time.monotonic()
 
     base = Settings.from_env()
     # A fresh topic prefix and Redis key prefix per run: the demo never mixes
     # with an earlier run's state, and a rerun needs no cleanup.
     run = f"demo{uuid.uuid4().hex[:6]}"
+    model = base.model
+    if "RECSTREAM_MODEL_DIR" not in os.environ:
+        # `recstream train` + `export` repoint <RECSTREAM_HOME>/models/current:
+        # the workers load that one, also under a RECSTREAM_HOME of one's own.
+        model = dataclasses.replace(model, model_dir=base.home / "models" / "current")
     settings = dataclasses.replace(
         base,
         kafka=dataclasses.replace(base.kafka, topic_prefix=f"{base.kafka.topic_prefix}{run}-"),
         redis=dataclasses.replace(base.redis, key_prefix=f"{base.redis.key_prefix}:{run}"),
+        model=model,
     )
     env = dict(os.environ)
     env.update(
@@ -294,6 +565,7 @@ def main(argv: list[str]) -> int:
             "RECSTREAM_TOPIC_PREFIX": settings.kafka.topic_prefix,
             "RECSTREAM_REDIS_KEY_PREFIX": settings.redis.key_prefix,
             "RECSTREAM_GROUP_PREFIX": run,
+            "RECSTREAM_MODEL_DIR": str(settings.model.model_dir),
         }
     )
 
@@ -305,19 +577,24 @@ def main(argv: list[str]) -> int:
     subprocess.run(["bash", str(SCRIPT), "up"], check=True)
     procs: list[tuple[str, int, subprocess.Popen[bytes]]] = []
     llm_proc: subprocess.Popen[bytes] | None = None
+    topics_made = False
     try:
         _step("model")
         _ensure_model(settings)
         _step(f"topics (prefix {settings.kafka.topic_prefix})")
+        topics_made = True
         asyncio.run(ensure_topics(settings.kafka))
         _step("LLM")
-        mode = args.llm or ("endpoint" if env.get("RECSTREAM_LLM_BASE_URL") else "off")
-        url = ""
-        if mode != "off":
+        configured = bool(base.llm.endpoints)
+        mode = args.llm or ("endpoint" if configured else "off")
+        url = base.llm.base_url if mode == "endpoint" else ""
+        if mode in ("test", "local"):
             url, llm_proc = _start_llm(mode, env)
         roles: tuple[str, ...] = ROLES
         if url:
-            env["RECSTREAM_LLM_BASE_URL"] = url
+            if mode != "endpoint":
+                env["RECSTREAM_LLM_BASE_URL"] = url
+                env.pop("RECSTREAM_LLM_ENDPOINTS", None)
             roles = ROLES + LLM_ROLES
             if mode == "local":
                 # A 1.5B model on CPU answers in 10-120 s (docs/llm-local.md): give
@@ -329,84 +606,53 @@ def main(argv: list[str]) -> int:
                     ("RECSTREAM_LLM_READ_TIMEOUT_S", "180"),
                 ):
                     env.setdefault(name, value)
-            if mode == "endpoint":
-                print(f"LLM: the endpoint in RECSTREAM_LLM_BASE_URL ({url})")
         else:
+            mode = "off"
             env.pop("RECSTREAM_LLM_BASE_URL", None)
-            print("LLM: off (no endpoint): chat uses rules, explanations the grounded template")
+            env.pop("RECSTREAM_LLM_ENDPOINTS", None)
+        label = _llm_label(mode, url)
+        print(f"LLM: {label}")
         _step("workers")
         procs = _start_workers(settings, env, roles)
         asyncio.run(_wait_ready(procs))
-        _step("replaying MovieLens-100k")
-        stats = asyncio.run(
-            replay(
-                settings,
-                limit=args.limit,
-                rate=args.rate,
-                request_every=args.request_every,
-                malformed=args.malformed,
-                cold_share=args.cold_share,
-                chat_share=args.chat_share,
-            )
+        manifest = json.loads((settings.model.model_dir / "manifest.json").read_text())
+        offline, offline_note = _offline_metrics(settings)
+        observer = Observer(
+            settings,
+            workers={role: port for role, port, _ in procs},
+            llm=label,
+            llm_on=bool(url),
+            model_version=str(manifest.get("version", "")),
+            ratings_expected=args.limit or ML100K_RATINGS,
+            offline=offline,
+            offline_note=offline_note,
         )
-        print(
-            f"sent {stats.catalog} catalog, {stats.interactions} ratings, "
-            f"{stats.requests} requests, {stats.malformed} malformed in {stats.seconds:.1f}s"
+        console = Console(force_terminal=False) if args.plain else Console()
+        dashboard = Dashboard(console)
+        setup_s = time.monotonic() - t_start
+        _step(
+            "replaying MovieLens-100k"
+            + ("" if dashboard.live else " (plain lines: stdout is not a terminal)")
         )
-        _step("waiting for the workers to drain")
-        started = time.monotonic()
-        result = asyncio.run(_drain(settings, stats.requests))
-        recs = result["recs"]
-        _step("sample of recommendations")
         catalog, _ = ml100k_events(ml100k_folder(settings), limit=1)
         titles = {c.item_id: c.title or c.item_id for c in catalog}
-        model_recs = [r for r, _ in recs if r.strategy == "model"]
-        by_request = [r for r in model_recs if r.cause.kind == "request"]
-        by_interaction = [r for r in model_recs if r.cause.kind == "interaction"]
-        half = max(1, args.sample // 2)
-        explanations = result["explanations"]
-        for rec in by_request[-half:] + by_interaction[-(args.sample - half) :]:
-            print(format_event(rec, titles))
-            for item in rec.items[:2]:
-                expl = explanations.get((rec.rec_id, item.item_id))
-                if expl is not None:
-                    name = titles.get(item.item_id, item.item_id)
-                    print(f"    why {name}: {expl.text} [{expl.source}]")
-        cold = [r for r, _ in recs if r.route == "llm_cold"]
-        if cold:
-            print(f"\ncold user with stated context (rung {cold[-1].rung}):")
-            print(format_event(cold[-1], titles))
+        stats, last, phases = asyncio.run(_run(settings, args, observer, dashboard, titles))
+        phases = {"setup_s": setup_s, **phases}
+        _step("sample of recommendations")
+        _print_samples(observer, titles, args.sample, mode)
         _step("one conversation, turn by turn")
-        _print_conversation(result["chat"], titles)
+        _print_conversation(observer, mode)
         _step("summary")
-        lat = np.asarray(result["latencies_ms"], dtype=float)
-        strategies: dict[str, int] = {}
-        for rec, _ in recs:
-            key = rec.rung or rec.strategy
-            strategies[key] = strategies.get(key, 0) + 1
-        wall = stats.seconds + (time.monotonic() - started)
-        print(
-            f"events in:        {stats.total:,} ({stats.catalog} catalog, "
-            f"{stats.interactions:,} ratings, {stats.requests:,} requests, "
-            f"{stats.malformed} malformed)"
-        )
-        print(
-            f"recommendations:  {len(recs):,} (by rung: {strategies}); requests answered "
-            f"{len(result['answered'])}/{stats.requests}"
-        )
-        print(f"dead letters:     {result['dead']} (malformed sent: {stats.malformed})")
-        sources: dict[str, int] = {}
-        for expl in explanations.values():
-            sources[expl.source] = sources.get(expl.source, 0) + 1
-        print(f"explanations:     {len(explanations):,} ({sources})")
-        print(f"chat:             {stats.chat} turns sent, mode {mode}")
-        print(f"throughput:       {stats.total / wall:,.0f} events/s end to end ({wall:.1f}s)")
-        if lat.size:
-            p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-            print(
-                f"latency request->recommendation (Kafka timestamps): p50 {p50:.0f} ms, "
-                f"p95 {p95:.0f} ms, p99 {p99:.0f} ms over {lat.size:,} requests"
-            )
+        phases["total_s"] = time.monotonic() - t_start
+        data = _summary(run, args, mode, stats, observer, phases)
+        lines = _summary_lines(data)
+        for line in lines:
+            print(line)
+        recorder = Console(record=True, width=140, file=io.StringIO(), force_terminal=False)
+        recorder.print(render(last))
+        folder = settings.home / "demo" / run
+        _write_summary(folder, data, lines, recorder.export_text())
+        print(f"written: {folder / 'summary.json'}, summary.md, dashboard.txt")
     finally:
         _step("teardown")
         _stop(procs)
@@ -415,6 +661,17 @@ def main(argv: list[str]) -> int:
             llm_proc.wait(10)
         if args.llm == "local":
             subprocess.run([sys.executable, "-m", "streams.cli", "llm-local", "down"], check=False)
-        if not args.keep and not was_up:
-            subprocess.run(["bash", str(SCRIPT), "down"], check=False)
+        if not args.keep:
+            if topics_made:
+                try:
+                    asyncio.run(_cleanup(settings, run))
+                except Exception as exc:  # teardown goes on; say what is left
+                    print(f"could not delete run {run}'s topics and keys: {exc}")
+            if not was_up:
+                subprocess.run(["bash", str(SCRIPT), "down"], check=False)
+        else:
+            print(
+                f"kept: Kafka, Redis, topics {settings.kafka.topic_prefix}*, "
+                f"keys {settings.redis.key_prefix}:*"
+            )
     return 0
