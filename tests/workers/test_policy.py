@@ -41,6 +41,15 @@ def test_cold_users_without_usable_context_get_popular_items() -> None:
 
 def test_triggered_lists_never_reach_the_llm() -> None:
     assert route("interaction", 0, "a light comedy for tonight") == "popular"
+    assert route("interaction", 2, "a light comedy for tonight") == "model"
+
+
+def test_cold_users_with_some_history_and_no_context_are_served_by_the_model() -> None:
+    # Measured: the model beats popularity for users with 1-3 interactions.
+    assert route("request", 1, None) == "model"
+    assert route("request", 2, "fun") == "model"
+    d = decide("request", interactions=2, history_len=2, query=None, settings=ON)
+    assert d.reason == "cold user (2 < 3 interactions) without stated context"
 
 
 def test_every_decision_carries_a_reason_naming_its_grounds() -> None:
