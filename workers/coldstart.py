@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from contracts import LLMUsage, LLMWork, RankedItem, Recommendation, Rung, derive_id, topics
 from workers.catalog import CatalogView
-from workers.llm import LLM, UserContext
+from workers.llm import LLM, Fact, UserContext
+from workers.llm.prompts import RankExample, RankResult
 from workers.llm_items import budgeted, items_of
 from workers.outputs import Output, OutputStore
 from workers.recommend import Scorer
 from workers.settings import ServingSettings
 
-__all__ = ["ColdStartHandler", "fallback_output"]
+__all__ = ["ColdStartHandler", "blend", "fallback_output", "few_shot_examples", "rag_facts"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +133,30 @@ class ColdStartHandler:
         candidates = items_of(self._catalog, pool)
         if not candidates:
             return None, LLMUsage(), False, "no candidate the catalog knows"
-        result, why = await budgeted(
-            lambda: llm.rank(
-                UserContext(query=work.query or ""),
+        serving = self._serving
+        query = work.query or ""
+        k = min(work.k, len(candidates))
+        facts = rag_facts(self._catalog, query, [c.id for c in candidates], serving.llm_rag_facts)
+
+        def call() -> Awaitable[RankResult]:
+            if facts:
+                return llm.rank_retrieval_augmented(query, candidates, facts, k=k, deadline=seconds)
+            examples = (
+                few_shot_examples(self._catalog, query, work, exclude=set(pool))
+                if serving.llm_rank_style == "few_shot"
+                else ()
+            )
+            return llm.rank(
+                UserContext(query=query),
                 candidates,
-                k=min(work.k, len(candidates)),
+                k=k,
                 deadline=seconds,
-            ),
+                style=serving.llm_rank_style,
+                examples=examples,
+            )
+
+        result, why = await budgeted(
+            call,
             what=f"cold start {work.work_id}",
             budget=self._budget,
             slots=self._slots,
@@ -149,6 +168,13 @@ class ColdStartHandler:
         ranked = list(result.item_ids[: work.k])
         n = len(ranked)
         scores = [round(1.0 - r / max(n, 1), 6) for r in range(n)]
+        if serving.llm_blend_model_weight > 0:
+            ranked, scores = blend(
+                ranked,
+                dict(retrieved),
+                [c.id for c in candidates],
+                serving.llm_blend_model_weight,
+            )
         items = _fill(ranked, scores, work, source="llm")
         usage = LLMUsage(
             used=True,
@@ -218,3 +244,104 @@ def _fill(
 
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
+
+
+def blend(
+    llm_order: Sequence[str],
+    model_scores: dict[str, float],
+    candidates: Sequence[str],
+    model_weight: float,
+) -> tuple[list[str], list[float]]:
+    """The seed's two-stage blend: ``w * model + (1 - w) * LLM`` per item, best first.
+
+    The model score is the first stage's (similarity to the stated context),
+    min-max scaled over the prompt's candidates (those it did not retrieve, the
+    popular ones, score as its lowest); the LLM score is ``1 - position / n``
+    over the LLM's order (items it did not place score 0). Ties keep the LLM's
+    order.
+    """
+    ids = list(dict.fromkeys([*llm_order, *candidates]))
+    raw = [model_scores.get(i) for i in ids]
+    known = [x for x in raw if x is not None]
+    low, high = (min(known), max(known)) if known else (0.0, 0.0)
+    span = high - low
+
+    def model(i: str) -> float:
+        x = model_scores.get(i)
+        return 0.0 if x is None or span <= 0 else (x - low) / span
+
+    n = max(len(llm_order), 1)
+    llm_score = {item: 1.0 - pos / n for pos, item in enumerate(llm_order)}
+    combined = {
+        i: model_weight * model(i) + (1 - model_weight) * llm_score.get(i, 0.0) for i in ids
+    }
+    order = sorted(ids, key=lambda i: (-combined[i], ids.index(i)))[: len(llm_order)]
+    return order, [round(combined[i], 6) for i in order]
+
+
+def _query_genres(catalog: CatalogView, query: str, item_ids: Iterable[str]) -> dict[str, str]:
+    """Genre tokens of ``item_ids`` that the query names (lowercased word -> token)."""
+    words = set(re.findall(r"[a-z][a-z'-]+", query.lower()))
+    named: dict[str, str] = {}
+    for item_id in item_ids:
+        for token in catalog.tokens(item_id):
+            if token.startswith("genres="):
+                genre = token.split("=", 1)[1]
+                if genre.lower() in words or genre.lower().rstrip("s") in words:
+                    named.setdefault(genre.lower(), genre)
+    return named
+
+
+def rag_facts(catalog: CatalogView, query: str, item_ids: Sequence[str], limit: int) -> list[Fact]:
+    """RA-Rec's retrieved facts for the ranking prompt, from the catalog: each candidate's
+    genres the stated context names (``has genre``), then release years (``released in``),
+    at most ``limit``. The relation filter keeps only facts that link a candidate to the
+    request or date it; an empty list (limit 0) means the plain ranking prompt."""
+    if limit <= 0:
+        return []
+    named = _query_genres(catalog, query, item_ids)
+    facts: list[Fact] = []
+    for item_id in item_ids:
+        record = catalog.items.get(item_id)
+        if record is None:
+            continue
+        for token in record.tokens:
+            if token.startswith("genres=") and token.split("=", 1)[1].lower() in named:
+                facts.append(Fact(record.title or item_id, "has genre", token.split("=", 1)[1]))
+    for item_id in item_ids:
+        record = catalog.items.get(item_id)
+        year = record.attributes.get("year") if record else None
+        if record is not None and year not in (None, ""):
+            facts.append(Fact(record.title or item_id, "released in", str(year)))
+    return facts[:limit]
+
+
+# Worked examples per few-shot call, and items per example.
+FEW_SHOT_PER_CALL = 2
+FEW_SHOT_ITEMS = 3
+
+
+def few_shot_examples(
+    catalog: CatalogView, query: str, work: LLMWork, *, exclude: set[str]
+) -> list[RankExample]:
+    """Few-shot examples chosen for this call: for each genre the request names (or, if it
+    names none, the popular list's leading genres), "I enjoy <genre> films" answered by
+    items of that genre that are not candidates (so an example never answers the question
+    it illustrates), popular ones first."""
+    popular = [i.item_id for i in work.fallback_items if i.item_id not in exclude]
+    others = [i for i in catalog.items if i not in exclude and not catalog.items[i].deleted]
+    genres = list(_query_genres(catalog, query, others).values())
+    if not genres:
+        for item_id in popular:
+            for token in catalog.tokens(item_id):
+                if token.startswith("genres=") and token.split("=", 1)[1] not in genres:
+                    genres.append(token.split("=", 1)[1])
+    examples = []
+    for genre in genres[:FEW_SHOT_PER_CALL]:
+        ids = [
+            i for i in dict.fromkeys([*popular, *others]) if f"genres={genre}" in catalog.tokens(i)
+        ]
+        items = items_of(catalog, ids[:FEW_SHOT_ITEMS])
+        if items:
+            examples.append(RankExample(f"I enjoy {genre.lower()} films", items))
+    return examples

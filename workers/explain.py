@@ -13,6 +13,10 @@ the text from that evidence only:
   its evidence; no link, no other user); one that fails is replaced by the
   template.
 
+With ``explain_candidates`` > 1 the LLM writes that many drafts (XRec's
+generator) and :func:`best_draft` (XRec's ranker) keeps the most coherent,
+then most informative, of those that pass the grounding check.
+
 Each explanation carries its evidence and its source (``llm`` or ``template``).
 """
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from contracts import Evidence, Explanation, Recommendation, derive_id, topics
+from workers import quality
 from workers.catalog import CatalogView, ItemRecord, display_title
 from workers.llm import LLM, UserContext
 from workers.llm.errors import UnsafeOutput
@@ -40,6 +45,7 @@ from workers.state import UserStateStore
 __all__ = [
     "ExplainHandler",
     "GroundingCheck",
+    "best_draft",
     "check_grounding",
     "template_text",
 ]
@@ -69,6 +75,11 @@ def check_grounding(
     check (workers.llm.grounding: links, ids, other users, unbacked claims, titles of
     the catalog outside the evidence), read as a verdict instead of an exception."""
     allowed = [t for t in allowed_titles if t]
+    # Titles as people write them too ("Toy Story" for "Toy Story (1995)"); a one-word
+    # title without its year is too often a plain word ("Heat", "Big") to look for.
+    allowed += [display_title(t, year=False) for t in allowed]
+    known = [t for t in catalog_titles if t]
+    known += [n for n in (display_title(t, year=False) for t in known) if len(n.split()) >= 2]
     if find_link(text):
         return GroundingCheck(False, "output: a link")
     # Allowed titles are taken out first: one may contain another title's words
@@ -81,7 +92,7 @@ def check_grounding(
             rest,
             allowed_ids=[i for i in allowed_ids if i],
             allowed_titles=allowed + [display_title(t) for t in allowed],
-            known_titles=[t for t in catalog_titles if t],
+            known_titles=known,
             # What the evidence states may be claimed (a trending rank, a genre).
             catalog_text=" ".join(_evidence_facts(evidence)),
         )
@@ -124,6 +135,41 @@ def template_text(item: ItemRecord, evidence: Sequence[Evidence], titles: dict[s
     name = display_title(item.title) if item.title else item.item_id
     text = f"Recommended: {name}, because " + "; ".join(parts) + "."
     return text[:1000]
+
+
+def best_draft(
+    texts: Sequence[str],
+    item: ItemRecord,
+    evidence: Sequence[Evidence],
+    titles: dict[str, str],
+) -> str:
+    """XRec's explanation ranker over grounded drafts: the most coherent first
+    (workers.quality.coherence: names the item, no foreign title, names its
+    evidence), then the most informative (aspects of its evidence the text uses),
+    then the shortest. One draft is returned as it is."""
+    if len(texts) == 1:
+        return texts[0]
+
+    def names(title: str) -> list[str]:
+        return [n for n in {title, display_title(title), display_title(title, year=False)} if n]
+
+    history = [e.item_id for e in evidence if e.kind == "history_item" and e.item_id]
+    terms = {
+        "history": [n for i in history for n in names(titles.get(i, ""))],
+        "genre": [e.value for e in evidence if e.kind == "attribute" and e.value],
+        "popularity": ["trending", "popular"],
+    }
+
+    def score(text: str) -> tuple[float, int, int]:
+        c = quality.coherence(
+            text,
+            item_names=names(item.title or item.item_id),
+            evidence_names=[names(titles.get(i, "")) for i in history],
+            other_titles=(),
+        )
+        return (c.score, len(quality.text_aspects(text, terms)), -len(text))
+
+    return max(texts, key=score)
 
 
 class ExplainHandler:
@@ -251,29 +297,53 @@ class ExplainHandler:
         llm = self._llm
         assert llm is not None
         cited = items_of(self._catalog, [e.item_id for e in evidence if e.item_id])
-        result, _ = await budgeted(
-            lambda: llm.explain(
-                UserContext(history=cited),
-                llm_item(record),
-                cited,
-                deadline=self._serving.explain_deadline_ms / 1000,
-            ),
+        drafts = self._serving.explain_candidates
+        deadline = self._serving.explain_deadline_ms / 1000
+
+        async def generate() -> list[str]:
+            # XRec: the generator writes several drafts at once, the ranker below picks.
+            outcomes = await asyncio.gather(
+                *(
+                    llm.explain(
+                        UserContext(history=cited),
+                        llm_item(record),
+                        cited,
+                        deadline=deadline,
+                        variant=n,
+                    )
+                    for n in range(drafts)
+                ),
+                return_exceptions=True,
+            )
+            texts = [o.text for o in outcomes if not isinstance(o, BaseException)]
+            if not texts:
+                raise next(o for o in outcomes if isinstance(o, BaseException))
+            return texts
+
+        texts, _ = await budgeted(
+            generate,
             what=f"explain {rec.rec_id}",
             budget=self._budget,
             slots=self._slots,
-            estimate=ESTIMATED_TOKENS,
+            estimate=ESTIMATED_TOKENS * drafts,
             path="explain",
         )
-        if result is None:
+        if not texts:
             return None
-        check = check_grounding(
-            result.text,
-            allowed_titles=[record.title, *titles.values()],
-            allowed_ids=[record.item_id, *titles],
-            catalog_titles=(r.title for r in self._catalog.items.values() if r.title),
-            evidence=evidence,
-        )
-        if not check.passed:
-            logger.info("explain %s: LLM text failed grounding (%s)", rec.rec_id, check.problem)
+        catalog_titles = [r.title for r in self._catalog.items.values() if r.title]
+        passed = []
+        for text in texts:
+            check = check_grounding(
+                text,
+                allowed_titles=[record.title, *titles.values()],
+                allowed_ids=[record.item_id, *titles],
+                catalog_titles=catalog_titles,
+                evidence=evidence,
+            )
+            if check.passed:
+                passed.append(text)
+            else:
+                logger.info("explain %s: LLM text failed grounding (%s)", rec.rec_id, check.problem)
+        if not passed:
             return None
-        return result.text
+        return best_draft(passed, record, evidence, titles)

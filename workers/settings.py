@@ -191,6 +191,7 @@ def _kinds(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozen
     return kinds
 
 
+RANK_STYLES: Final = ("zero_shot", "few_shot", "chain_of_thought", "two_step")
 _KINDS: Final = frozenset({"view", "click", "add_to_cart", "purchase", "rating", "skip"})
 
 
@@ -303,6 +304,18 @@ class ServingSettings:
     budget_share_explain: float = 0.2
     # Dialogue state of a chat session lives this long after its last turn.
     chat_session_ttl_s: int = 1800
+    # The seed's mechanisms, each off (or at its cheapest) by default; see
+    # docs/seed-fidelity.md. Two-stage blend: final = w * model + (1 - w) * LLM
+    # (the seed: 0.6); 0 keeps the LLM's order.
+    llm_blend_model_weight: float = 0.0
+    # RA-Rec: facts (catalog attributes linking candidates to the stated context)
+    # in the ranking prompt, at most this many; 0 uses the plain ranking prompt.
+    llm_rag_facts: int = 0
+    # zero_shot, few_shot (examples chosen per call from the catalog),
+    # chain_of_thought (one call) or two_step (an analysis call, then the ranking).
+    llm_rank_style: str = "zero_shot"
+    # XRec: LLM explanations generated per item, the best grounded one kept.
+    explain_candidates: int = 1
     # Emitted outputs are kept this long so a redelivered cause re-emits
     # identical content (Kafka redelivery comes within minutes; a day also
     # covers an operator's same-day replay).
@@ -319,6 +332,12 @@ class ServingSettings:
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"{PREFIX}BUDGET_SHARE_{name.upper()} must be within 0..1")
+        blend = env_float(env, "LLM_BLEND_MODEL_WEIGHT", cls.llm_blend_model_weight)
+        if not 0.0 <= blend <= 1.0:
+            raise ConfigError(f"{PREFIX}LLM_BLEND_MODEL_WEIGHT must be within 0..1")
+        style = env_str(env, "LLM_RANK_STYLE", cls.llm_rank_style)
+        if style not in RANK_STYLES:
+            raise ConfigError(f"{PREFIX}LLM_RANK_STYLE must be one of {', '.join(RANK_STYLES)}")
         return cls(
             request_deadline_ms=env_int(
                 env, "REQUEST_DEADLINE_MS", cls.request_deadline_ms, minimum=50
@@ -347,6 +366,12 @@ class ServingSettings:
             budget_share_explain=shares["explain"],
             chat_session_ttl_s=env_int(
                 env, "CHAT_SESSION_TTL_S", cls.chat_session_ttl_s, minimum=1
+            ),
+            llm_blend_model_weight=blend,
+            llm_rag_facts=env_int(env, "LLM_RAG_FACTS", cls.llm_rag_facts, minimum=0),
+            llm_rank_style=style,
+            explain_candidates=env_int(
+                env, "EXPLAIN_CANDIDATES", cls.explain_candidates, minimum=1
             ),
             output_ttl_s=env_int(env, "OUTPUT_TTL_S", cls.output_ttl_s, minimum=0),
         )

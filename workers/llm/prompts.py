@@ -52,6 +52,7 @@ __all__ = [
     "ItemFeatures",
     "PairwiseResult",
     "Preferences",
+    "RankExample",
     "RankResult",
     "RoleSpec",
     "Turn",
@@ -120,13 +121,22 @@ class Fact:
     tail: str
 
 
+# Dialogue turns a prompt carries (Chat-Rec keeps the last 5).
+DIALOGUE_TURNS: Final = 5
+
+
 @dataclass(frozen=True)
 class UserContext:
-    """What the model may know about a user: never ids, only tastes."""
+    """What the model may know about a user: never ids, only tastes.
+
+    ``dialogue``: the conversation so far (the seed's conversational ranking
+    ranks from it); the last :data:`DIALOGUE_TURNS` turns are sent.
+    """
 
     history: Sequence[Item] = ()
     preferences: Mapping[str, Any] = field(default_factory=dict)
     query: str = ""
+    dialogue: Sequence[Turn] = ()
 
     def data(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -136,7 +146,23 @@ class UserContext:
             out["history"] = [i.data() for i in self.history]
         if self.preferences:
             out["preferences"] = dict(self.preferences)
+        if self.dialogue:
+            out["dialogue"] = [
+                {"role": t.role, "text": t.text} for t in self.dialogue[-DIALOGUE_TURNS:]
+            ]
         return out
+
+
+@dataclass(frozen=True)
+class RankExample:
+    """A worked example for few-shot ranking, chosen by the caller per call: a request
+    and the items it should rank first (e.g. popular items of a genre the request names)."""
+
+    request: str
+    ranking: Sequence[Item]
+
+    def data(self) -> dict[str, Any]:
+        return {"request": self.request, "ranking": [i.data() for i in self.ranking]}
 
 
 # --- results ----------------------------------------------------------------
@@ -385,8 +411,10 @@ RANK: Final = RoleSpec(
 )
 RANK_FEW_SHOT: Final = RoleSpec(
     ROLE_RANK_FEW_SHOT,
-    "Rank the candidate items for this user, most relevant first, as in these examples. "
-    "Use only ids from data.candidates; return the best data.k.\n" + FEW_SHOT_EXAMPLES,
+    "Rank the candidate items for this user, most relevant first, as in the worked "
+    "examples: those in data.examples when the data holds them (chosen for this request), "
+    "otherwise these. Use only ids from data.candidates; return the best data.k.\n"
+    + FEW_SHOT_EXAMPLES,
     _RANK_SHAPE,
     _parse_rank,
 )

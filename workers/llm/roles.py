@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from workers.llm import metrics
@@ -44,6 +44,7 @@ from workers.llm.prompts import (
     ItemFeatures,
     ParseContext,
     Preferences,
+    RankExample,
     RankResult,
     RoleSpec,
     Turn,
@@ -61,6 +62,8 @@ __all__ = ["LLM", "BatchStats"]
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+# Sampling temperature of extra explanation drafts (variety is their point).
+DRAFT_TEMPERATURE = 0.7
 _REPAIR = (
     "Your previous answer could not be used ({reason}). Answer again with only the JSON "
     "object in the form given in the instructions, using only ids present in the data."
@@ -265,16 +268,23 @@ class LLM:
             "canary": self.settings.canary.reveal(),
         }
 
-    async def _run(self, spec: RoleSpec[R], data: Mapping[str, Any], deadline: DeadlineLike) -> R:
+    async def _run(
+        self,
+        spec: RoleSpec[R],
+        data: Mapping[str, Any],
+        deadline: DeadlineLike,
+        *,
+        temperature: float | None = None,
+    ) -> R:
         """One role call: build, send, validate; one repair on invalid output."""
         dl = Deadline.coerce(deadline)
         messages, clean = build_messages(spec, data, **self._prompt_kwargs())
         # free text may only name what this call's data holds
         ctx = ParseContext(clean, self._guard(spec).bound(Grounding.from_data(clean)))
         max_tokens = min(spec.max_output_tokens, self.settings.max_output_tokens)
-        request = ChatRequest(
-            spec.name, messages, max_tokens=max_tokens, temperature=self.settings.temperature
-        )
+        if temperature is None:
+            temperature = self.settings.temperature
+        request = ChatRequest(spec.name, messages, max_tokens=max_tokens, temperature=temperature)
         try:
             value, usage = await self.pool.complete(
                 request, deadline=dl, parse=lambda c: spec.parse(c.content, ctx)
@@ -287,7 +297,7 @@ class LLM:
             spec.name,
             (*messages, {"role": "system", "content": _REPAIR.format(reason=reason)}),
             max_tokens=max_tokens,
-            temperature=self.settings.temperature,
+            temperature=temperature,
         )
         value, usage = await self.pool.complete(
             repair, deadline=dl, parse=lambda c: spec.parse(c.content, ctx)
@@ -304,10 +314,38 @@ class LLM:
         k: int,
         deadline: DeadlineLike,
         style: str = "zero_shot",
+        examples: Sequence[RankExample] = (),
     ) -> RankResult:
-        """Prompt-based ranking: ``style`` is zero_shot, few_shot or chain_of_thought."""
+        """Prompt-based ranking: ``style`` is zero_shot, few_shot, chain_of_thought or
+        two_step.
+
+        few_shot: ``examples`` chosen by the caller for this call go in the data
+        (the role's fixed examples are the fallback). two_step is the seed's
+        two-call chain of thought: the first call analyses the user (and ranks),
+        the second ranks with that analysis in the user's context; if the second
+        call fails, the first call's ranking answers.
+        """
+        data: dict[str, Any] = {
+            "user": user.data(),
+            "k": k,
+            "candidates": [c.data() for c in candidates],
+        }
+        if style == "two_step":
+            dl = Deadline.coerce(deadline)
+            first = await self._run(RANK_COT, data, dl)
+            if not first.analysis:
+                return first
+            follow = dict(data)
+            follow["user"] = {**data["user"], "analysis": first.analysis}
+            try:
+                second = await self._run(RANK, follow, dl)
+            except LLMError:
+                log.info("llm two-step ranking: the second call failed, the first answers")
+                return first
+            return with_usage(replace(second, analysis=first.analysis), first.usage + second.usage)
         spec = {"zero_shot": RANK, "few_shot": RANK_FEW_SHOT, "chain_of_thought": RANK_COT}[style]
-        data = {"user": user.data(), "k": k, "candidates": [c.data() for c in candidates]}
+        if style == "few_shot" and examples:
+            data["examples"] = [e.data() for e in examples]
         return await self._run(spec, data, deadline)
 
     async def rerank(
@@ -527,11 +565,31 @@ class LLM:
     # --- explanations ----------------------------------------------------------
 
     async def explain(
-        self, user: UserContext, item: Item, evidence: Sequence[Item], *, deadline: DeadlineLike
+        self,
+        user: UserContext,
+        item: Item,
+        evidence: Sequence[Item],
+        *,
+        deadline: DeadlineLike,
+        variant: int = 0,
     ) -> GroundedExplanation:
-        """XRec-style explanation citing only ``evidence`` (items from the user's history)."""
-        data = {"user": user.data(), "item": item.data(), "evidence": [e.data() for e in evidence]}
-        return await self._run(EXPLAIN, data, deadline)
+        """XRec-style explanation citing only ``evidence`` (items from the user's history).
+
+        ``variant`` > 0 asks for another draft of the same explanation (XRec's
+        generator samples several for its ranker): the data carries the draft
+        number, so the cache keeps drafts apart, and the call samples at
+        :data:`DRAFT_TEMPERATURE` at least.
+        """
+        data: dict[str, Any] = {
+            "user": user.data(),
+            "item": item.data(),
+            "evidence": [e.data() for e in evidence],
+        }
+        if not variant:
+            return await self._run(EXPLAIN, data, deadline)
+        data["draft"] = variant + 1
+        temperature = max(self.settings.temperature, DRAFT_TEMPERATURE)
+        return await self._run(EXPLAIN, data, deadline, temperature=temperature)
 
     async def explain_aspects(
         self,
