@@ -34,7 +34,7 @@ CANDIDATES = (100, 1000)
 async def bench(settings: ModelSettings, seconds: float, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
-    async with Scorer.open(settings) as scorer:
+    async with Scorer(settings) as scorer:
         n, length = scorer.n_items, scorer.max_len
         print(
             f"model {scorer.version}: {n} items, L={length}; provider {scorer.provider}; "

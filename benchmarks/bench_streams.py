@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from contracts import CODECS, Interaction, RecommendationRequest, topics
 from streams.kafka import ensure_topics, topic_reader
 from streams.replay import ml100k_events, ml100k_folder
-from workers.resources import RedisResource
+from workers.resources import RedisResource, Resource
 from workers.scoring import ModelScorer
 from workers.settings import Settings
 
@@ -131,8 +131,11 @@ async def naive_state_rate(settings: Settings, topic: str, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-class Worker:
+class Worker(Resource):
+    """A worker subprocess (``async with``: started and ready; leaving: stopped)."""
+
     def __init__(self, settings: Settings, role: str, port: int, **env: str) -> None:
+        super().__init__()
         self.env = dict(os.environ)
         self.env.update(
             {
@@ -156,7 +159,7 @@ class Worker:
         self.log = settings.home / "logs" / f"bench-{role}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def __aenter__(self) -> Worker:
+    async def _open(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(
@@ -167,13 +170,14 @@ class Worker:
                 try:
                     r = await client.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)
                     if r.status_code == 200:
-                        return self
+                        return
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.2)
+        await self._close()  # a failed open leaves no process behind
         raise RuntimeError(f"worker not ready; see {self.log}")
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def _close(self) -> None:
         assert self.proc is not None
         self.proc.terminate()
         # Each agent finishes its batch in hand (bounded at 15 s) before it stops;

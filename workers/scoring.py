@@ -45,8 +45,7 @@ class ModelScorer(Resource):
         return f"ModelScorer(state={self.state.value}, model_dir={str(self._settings.model_dir)!r})"
 
     async def _open(self) -> None:
-        self._scorer = Scorer.open(self._settings)
-        await self._scorer.start()
+        self._scorer = await Scorer(self._settings).open()
         # Rows past the trained ones are added at run time from text alone.
         self._trained_rows = self._scorer.n_items
 

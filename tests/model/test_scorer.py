@@ -32,7 +32,7 @@ async def test_planted_positive_ranks_first(tiny_model: TinyModel) -> None:
     runs = _warm_runs(tiny_model, 6)[:32]
     assert len(runs) >= 8
     rng = np.random.default_rng(0)
-    async with Scorer.open(tiny_model.settings()) as scorer:
+    async with Scorer(tiny_model.settings()) as scorer:
         assert scorer.provider == "CPUExecutionProvider"
         hist = scorer.histories([r[:-1] for r in runs])
         cands = []
@@ -50,7 +50,7 @@ async def test_planted_positive_ranks_first(tiny_model: TinyModel) -> None:
 
 async def test_batch_api_matches_single_calls_and_pads(tiny_model: TinyModel) -> None:
     runs = _warm_runs(tiny_model, 4)[:5]
-    async with Scorer.open(tiny_model.settings()) as scorer:
+    async with Scorer(tiny_model.settings()) as scorer:
         hist = scorer.histories([r[:-1] for r in runs])
         cands = scorer.rows([[r[-1], "1", "2"] for r in runs])
         batch = await scorer.score(hist, cands)
@@ -75,7 +75,7 @@ async def test_scoring_does_not_block_the_event_loop(tiny_model: TinyModel) -> N
             ticks += 1
             await asyncio.sleep(0)
 
-    async with Scorer.open(tiny_model.settings()) as scorer:
+    async with Scorer(tiny_model.settings()) as scorer:
         rng = np.random.default_rng(1)
         hist = rng.integers(1, scorer.n_items, (256, scorer.max_len))
         cands = rng.integers(1, scorer.n_items, (256, 500))
@@ -87,7 +87,7 @@ async def test_scoring_does_not_block_the_event_loop(tiny_model: TinyModel) -> N
 
 
 async def test_new_items_are_scoreable_from_text(tiny_model: TinyModel) -> None:
-    async with Scorer.open(tiny_model.settings()) as scorer:
+    async with Scorer(tiny_model.settings()) as scorer:
         before = scorer.n_items
         rows = await scorer.add_items(
             ["new-a", "new-b", "1"], ["Movie 7 (1957). Genres: Action.", "A new film.", "x"]
@@ -113,7 +113,7 @@ async def test_item_added_at_run_time_scores_like_a_cold_item(tiny_model: TinyMo
     data = synthetic_dataset(seed=42)
     cold = [int(i) for i in data.cold_items[:5]]
     texts = [data.item_text[i - 1] for i in cold]
-    async with Scorer.open(tiny_model.settings()) as scorer:
+    async with Scorer(tiny_model.settings()) as scorer:
         trained_rows = [scorer.row(str(i)) for i in cold]
         rows = await scorer.add_items([f"copy-{i}" for i in cold], texts)
         vectors = scorer.item_vectors()
@@ -125,13 +125,13 @@ async def test_item_added_at_run_time_scores_like_a_cold_item(tiny_model: TinyMo
 
 
 async def test_lifecycle_close_twice_safe_reopen_refused(tiny_model: TinyModel) -> None:
-    scorer = Scorer.open(tiny_model.settings())
+    scorer = Scorer(tiny_model.settings())
     with pytest.raises(ResourceClosedError):
         _ = scorer.version
     async with scorer:
         assert scorer.version == "tiny"
         with pytest.raises(ResourceClosedError):
-            await scorer.start()
+            await scorer.open()
     await scorer.aclose()
     await scorer.aclose()
     with pytest.raises(ResourceClosedError):
@@ -142,7 +142,7 @@ async def test_lifecycle_close_twice_safe_reopen_refused(tiny_model: TinyModel) 
 
 
 async def test_bad_inputs_are_refused(tiny_model: TinyModel) -> None:
-    async with Scorer.open(tiny_model.settings()) as scorer:
+    async with Scorer(tiny_model.settings()) as scorer:
         with pytest.raises(ValueError, match="out of range"):
             await scorer.score(np.ones((1, 3), np.int64), np.asarray([[10**6]]))
         with pytest.raises(ValueError, match=r"\[B, C\]"):
@@ -153,7 +153,7 @@ async def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no model"):
         load_manifest(tmp_path)
     with pytest.raises(ModelError):
-        async with Scorer.open(ModelSettings(model_dir=tmp_path, device="cpu")):
+        async with Scorer(ModelSettings(model_dir=tmp_path, device="cpu")):
             pass
 
 

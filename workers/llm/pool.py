@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import enum
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
-from workers.errors import ResourceClosedError
 from workers.llm import metrics
 from workers.llm.breaker import CircuitBreaker
 from workers.llm.budget import BudgetGovernor
@@ -47,7 +44,7 @@ from workers.llm.limits import EndpointLimiter, SharedWindowLimiter
 from workers.llm.safety import redact
 from workers.llm.settings import EndpointSettings, LLMSettings
 from workers.llm.tokens import estimate_messages, estimate_request, estimate_tokens
-from workers.resources import RedisClient
+from workers.resources import RedisClient, Resource
 
 __all__ = ["ChatRequest", "Completion", "Endpoint", "LLMPool", "Usage"]
 
@@ -109,12 +106,6 @@ class Completion:
 
     content: str
     usage: Usage = field(default_factory=Usage)
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -357,8 +348,8 @@ class _Retry(Exception):
         self.error = error
 
 
-class LLMPool:
-    """The LLM client pool; use it as an async context manager.
+class LLMPool(Resource):
+    """The LLM client pool; a :class:`~workers.resources.Resource` (``async with``).
 
     ``redis`` (optional, not owned) shares limits, budgets and the cache
     between processes. ``transport`` lets tests swap httpx's transport.
@@ -372,11 +363,11 @@ class LLMPool:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self._redis = redis
         self._transport = transport
         self._rng = rng
-        self._state = _State.NEW
         self.endpoints: list[Endpoint] = []
         self.budget = BudgetGovernor(
             tokens_per_minute=settings.budget_tokens_per_minute,
@@ -395,21 +386,11 @@ class LLMPool:
         #: upstream calls made (not cache hits), for tests and the benchmark
         self.upstream_calls = 0
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
+    def __repr__(self) -> str:
+        names = [e.name for e in self.settings.endpoints]
+        return f"LLMPool(state={self.state.value}, endpoints={names})"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def open(self) -> None:
-        if self._state is not _State.NEW:
-            raise ResourceClosedError("LLMPool cannot be opened twice or reopened after close")
+    async def _open(self) -> None:
         self.endpoints = [
             Endpoint(
                 e,
@@ -420,13 +401,9 @@ class LLMPool:
             )
             for e in self.settings.endpoints
         ]
-        self._state = _State.OPEN
 
-    async def aclose(self) -> None:
-        """Close every endpoint's connections; safe to call twice."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
+    async def _close(self) -> None:
+        """Close every endpoint's connections."""
         for endpoint in self.endpoints:
             await endpoint.aclose()
 
@@ -451,10 +428,7 @@ class LLMPool:
         is unusable; only answers it accepts are cached or shared with
         identical concurrent calls. Raises an :class:`LLMError` otherwise.
         """
-        if self._state is not _State.OPEN:
-            raise ResourceClosedError(
-                f"LLMPool is {self._state.value}; use 'async with LLMPool(...)'"
-            )
+        self._require_open()
         dl = Deadline.coerce(deadline)
         if not self.endpoints:
             metrics.REFUSALS.labels("not_configured").inc()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    async with Scorer.open(settings.model) as scorer:
+    async with Scorer(settings.model) as scorer:
         hist = scorer.histories([["50", "181"], ["1"]])        # raw ids -> rows [B, L]
         cand = scorer.rows([["100", "258"], ["7", "12"]])      # raw ids -> rows [B, C]
         scores = await scorer.score(hist, cand)                # float32 [B, C]
@@ -24,23 +24,22 @@ tables grow in place (capacity doubling) when items are added.
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from workers.errors import ModelError, ResourceClosedError
+from workers.errors import ModelError
 from workers.model.manifest import ModelManifest, load_manifest
 from workers.model.runtime import open_session
 from workers.model.settings import ModelSettings
 from workers.model.text_encoder import TextEncoder
+from workers.resources import Resource
 
 __all__ = ["Scorer"]
 
@@ -48,12 +47,6 @@ log = logging.getLogger(__name__)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-
-
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 class _Table:
@@ -79,16 +72,17 @@ class _Table:
         self.size = need
 
 
-class Scorer:
-    """An open A-LLMRec model directory; an async context manager.
+class Scorer(Resource):
+    """An A-LLMRec model directory; a :class:`~workers.resources.Resource`
+    (``async with Scorer(settings)`` loads it on the scorer thread).
 
     Closing twice is safe; opening a closed (or already open) scorer raises
     :class:`~workers.errors.ResourceClosedError`.
     """
 
     def __init__(self, settings: ModelSettings) -> None:
+        super().__init__()
         self._settings = settings
-        self._state = _State.UNOPENED
         self._executor: ThreadPoolExecutor | None = None
         self._manifest: ModelManifest | None = None
         self._scorer: Any = None
@@ -101,42 +95,23 @@ class Scorer:
         self._raw_ids: list[str] = []
         self.provider = ""
 
-    @classmethod
-    def open(cls, settings: ModelSettings) -> Scorer:
-        """A scorer for ``settings.model_dir``; enter it (``async with``) to load."""
-        return cls(settings)
+    def __repr__(self) -> str:
+        return f"Scorer(state={self.state.value}, model_dir={str(self._settings.model_dir)!r})"
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        if self._state is not _State.UNOPENED:
-            raise ResourceClosedError(f"scorer is {self._state.value}; open a new one")
-        self._state = _State.OPEN
+    async def _open(self) -> None:
         # One thread: onnxruntime parallelises inside a run (intra-op threads);
         # one runner keeps table appends ordered with the batches around them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
         except BaseException:
-            await self.aclose()
+            # The base leaves a failed open unopened; nothing of it may linger.
+            await self._close()
             raise
 
-    async def aclose(self) -> None:
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
+    async def _close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
@@ -170,8 +145,8 @@ class Scorer:
         )
 
     def _require(self) -> ModelManifest:
-        if self._state is not _State.OPEN or self._manifest is None:
-            raise ResourceClosedError(f"scorer is {self._state.value}")
+        self._require_open()
+        assert self._manifest is not None
         return self._manifest
 
     async def _run(self, fn: Any, *args: Any) -> Any:

@@ -17,8 +17,10 @@ redaction on what actually arrived. Control endpoints:
 * ``GET  /_test/counters?window=S``  totals and the maximum requests/tokens seen
   in any sliding window of S seconds
 * ``GET  /_test/requests``           received bodies (JSON list of strings)
-* ``POST /_test/script``             ``{"default": {...}, "queue": [{...}, ...]}``
-  (fields of :class:`Behaviour`); queued behaviours are used once, in order
+* ``POST /_test/script``             ``{"default": {...}, "queue": [{...}, ...],
+  "roles": {"explain": [{...}, ...]}}`` (fields of :class:`Behaviour`); queued
+  behaviours are used once, in order; a role's list is used in turn, cycling,
+  for that prompt role instead of the default
 * ``POST /_test/reset``              clear records, queue and default
 
 Run it with ``recstream llm-test-server --port 8900 --latency-ms 50`` or use
@@ -37,15 +39,14 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from workers.errors import ResourceClosedError
 from workers.llm import prompts as p
 from workers.llm.tokens import estimate_request, estimate_tokens
+from workers.resources import Resource
 
 __all__ = ["Behaviour", "LLMTestServer", "Record", "main", "obey"]
 
@@ -109,17 +110,22 @@ class _Parsed:
     messages: list[dict[str, str]] = field(default_factory=list)
 
 
-class LLMTestServer:
-    """The test server, in-process. ``url`` is the ``/v1`` base URL for endpoints."""
+class LLMTestServer(Resource):
+    """The test server, in-process; a :class:`~workers.resources.Resource`
+    (``async with LLMTestServer() as server``). ``url`` is the ``/v1`` base URL
+    for endpoints; with ``port=0`` it is known once the server is open."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_s: float = 0.0) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.default = Behaviour(latency_s=latency_s)
         self.queue: deque[Behaviour] = deque()
+        # Per prompt role, behaviours used in turn (cycling) when the queue is empty.
+        self.by_role: dict[str, list[Behaviour]] = {}
+        self._role_turns: dict[str, int] = {}
         self.records: list[Record] = []
         self._server: asyncio.Server | None = None
-        self._closed = False
         self._hangs: list[asyncio.Event] = []
         self._connections: set[asyncio.StreamWriter] = set()
 
@@ -127,28 +133,14 @@ class LLMTestServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
+    def __repr__(self) -> str:
+        return f"LLMTestServer(state={self.state.value}, url={self.url!r})"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        if self._server is not None or self._closed:
-            raise ResourceClosedError("LLMTestServer cannot be started twice or reopened")
+    async def _open(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         for event in self._hangs:
             event.set()
         if self._server is not None:
@@ -159,14 +151,36 @@ class LLMTestServer:
 
     # --- scripting and counters -------------------------------------------
 
-    def script(self, *behaviours: Behaviour, default: Behaviour | None = None) -> None:
-        """Queue ``behaviours`` (used once each, in order); optionally set the default."""
+    def script(
+        self,
+        *behaviours: Behaviour,
+        default: Behaviour | None = None,
+        roles: dict[str, list[Behaviour]] | None = None,
+    ) -> None:
+        """Queue ``behaviours`` (used once each, in order); optionally set the default,
+        and for some prompt roles (``roles``) behaviours used in turn, cycling, in
+        place of the default."""
         self.queue.extend(behaviours)
         if default is not None:
             self.default = default
+        if roles is not None:
+            self.by_role = {role: list(cycle) for role, cycle in roles.items() if cycle}
+            self._role_turns.clear()
+
+    def _next(self, role: str) -> Behaviour:
+        if self.queue:
+            return self.queue.popleft()
+        cycle = self.by_role.get(role)
+        if not cycle:
+            return self.default
+        turn = self._role_turns.get(role, 0)
+        self._role_turns[role] = turn + 1
+        return cycle[turn % len(cycle)]
 
     def reset(self) -> None:
         self.queue.clear()
+        self.by_role.clear()
+        self._role_turns.clear()
         self.records.clear()
         self.default = Behaviour(latency_s=self.default.latency_s)
 
@@ -252,7 +266,15 @@ class LLMTestServer:
         elif method == "POST" and url.path == "/_test/script":
             raw = orjson.loads(body or b"{}")
             default = Behaviour.from_json(raw["default"]) if "default" in raw else None
-            self.script(*(Behaviour.from_json(b) for b in raw.get("queue", [])), default=default)
+            roles = {
+                role: [Behaviour.from_json(b) for b in cycle]
+                for role, cycle in raw.get("roles", {}).items()
+            }
+            self.script(
+                *(Behaviour.from_json(b) for b in raw.get("queue", [])),
+                default=default,
+                roles=roles if "roles" in raw else None,
+            )
             await self._write(writer, 200, {}, b'{"ok": true}')
         elif method == "POST" and url.path == "/_test/reset":
             self.reset()
@@ -265,8 +287,8 @@ class LLMTestServer:
 
     async def _complete(self, writer: asyncio.StreamWriter, body: bytes) -> bool:
         now = time.monotonic()
-        behaviour = self.queue.popleft() if self.queue else self.default
         parsed = _parse_request(body)
+        behaviour = self._next(parsed.role if parsed else "")
         tokens = estimate_request(parsed.messages, parsed.max_tokens) if parsed else 0
         status = behaviour.status if behaviour.kind == "status" else 200
         self.records.append(Record(now, tokens, status, body, parsed.role if parsed else ""))
