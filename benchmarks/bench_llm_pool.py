@@ -118,7 +118,12 @@ async def open_loop(url: str, rate: float, seconds: float, rounds: int) -> dict[
         endpoints=(endpoint,), cache_enabled=False, budget_tokens_per_minute=10**9
     )
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    out: dict[str, list[float]] = {"bare httpx": [], "LLMPool": []}
+    out: dict[str, list[float]] = {
+        "bare httpx": [],
+        "LLMPool": [],
+        "cpu:bare httpx": [],
+        "cpu:LLMPool": [],
+    }
     async with (
         httpx.AsyncClient(base_url=url + "/", limits=limits, timeout=30) as client,
         LLMPool(settings) as pool,
@@ -146,6 +151,14 @@ async def open_loop(url: str, rate: float, seconds: float, rounds: int) -> dict[
         for _ in range(rounds):
             out["bare httpx"] += await _open_loop(bare_one, rate, seconds)
             out["LLMPool"] += await _open_loop(pool_one, rate, seconds)
+        # The pool's own work, free of queueing on a loaded machine: client CPU
+        # per call, calls one at a time, bare and pool alternating.
+        for _ in range(rounds):
+            for name, one in (("bare httpx", bare_one), ("LLMPool", pool_one)):
+                cpu = time.process_time()
+                for i in range(100):
+                    await one(i)
+                out[f"cpu:{name}"].append((time.process_time() - cpu) / 100)
     return out
 
 
@@ -218,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         f"below saturation: open loop at {rate:.0f} calls/s ({args.load:.0%} of the bare "
         f"capacity {capacity:.0f}/s), {args.rounds} x {args.seconds:g} s rounds alternating"
     )
+    cpu = {name: statistics.median(below.pop(f"cpu:{name}")) * 1000 for name in summary}
     for name, lat in below.items():
         p50, p99 = _pct(lat, 0.50) * 1000, _pct(lat, 0.99) * 1000
         report["below_saturation"][name] = {"p50_ms": p50, "p99_ms": p99, "calls": len(lat)}
@@ -228,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  added latency by the pool: p50 {pp['p50_ms'] - bb['p50_ms']:+.2f} ms, "
         f"p99 {pp['p99_ms'] - bb['p99_ms']:+.2f} ms (target p99 <= 5 ms)"
+    )
+    report["cpu_ms_per_call"] = cpu
+    print(
+        "client CPU per call, one at a time: "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items())
+        + f" -> the pool's own work {cpu['LLMPool'] - cpu['bare httpx']:+.2f} ms"
     )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
