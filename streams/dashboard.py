@@ -104,7 +104,8 @@ def render(s: Snapshot) -> RenderableType:
         ("recstream demo", "bold"),
         f"  {s.phase}  {s.elapsed_s:5.0f}s   model {s.model_version or '-'}   ",
         ("LLM: ", "bold"),
-        (s.llm, "yellow" if s.llm_on else "dim"),
+        # the label up to its first ';' (the LLM panel has the rest)
+        (s.llm.split(";")[0], "yellow" if s.llm_on else "dim"),
     )
 
     flow = Table(box=box.SIMPLE, expand=True, title="throughput per topic", title_justify="left")
@@ -147,6 +148,7 @@ def render(s: Snapshot) -> RenderableType:
         tokens = sum(s.llm_tokens.values())
         hits = s.llm_cache.get("hit", 0) + s.llm_cache.get("shared", 0)
         lookups = sum(s.llm_cache.values())
+        llm.add_row("endpoint", Text(s.llm, style="yellow"))
         llm.add_row("calls", _mix(s.llm_calls))
         llm.add_row(
             "tokens",
@@ -166,6 +168,12 @@ def render(s: Snapshot) -> RenderableType:
         f"{r} {100 * h / n:.1f}% of {n:,}" for r, (h, n) in sorted(s.hit.by_rung.items()) if n
     )
     quality.add_row("  by rung of the list", by_rung or "-")
+    h = s.hit
+    quality.add_row(
+        "  lists already emitted",
+        f"{100 * h.shown_rate:.1f}% ({h.shown_hits:,}/{h.shown_evaluated:,}): only lists "
+        "emitted before the interaction was sent",
+    )
     quality.add_row("offline (same model)", _offline_text(s))
 
     grid = Table.grid(expand=True)
@@ -200,6 +208,7 @@ def plain_line(s: Snapshot) -> str:
         f"[{s.elapsed_s:5.0f}s {s.phase}] {flows} | lag {lag or '-'} | answered "
         f"{s.answered}/{s.requests} {lat} | rungs {rungs or '-'} | llm {llm} | dead "
         f"{s.dead_letters} | online HR@10 {s.hit.rate:.3f} ({s.hit.hits}/{s.hit.evaluated}) "
+        f"emitted-before {s.hit.shown_rate:.3f} "
         f"offline {offline}"
     )
 

@@ -144,7 +144,7 @@ class Observer:
         except DecodeError:
             return  # the malformed inputs the replay mixes in; the workers dead-letter them
         if isinstance(event, Interaction):
-            self.hit.interaction(event.event_id, event.user_id, event.item_id, event.ts_ms)
+            self.hit.interaction(event.event_id, event.user_id, event.item_id, event.ts_ms, ts_ms)
         elif isinstance(event, RecommendationRequest):
             self.hit.cause("request", event.request_id, event.ts_ms)
             if event.request_id not in self.request_ts:
@@ -180,6 +180,7 @@ class Observer:
             rec.cause.id,
             [i.item_id for i in rec.items],
             rung,
+            ts_ms,
         )
         if rec.cause.kind == "request":
             self.answer_ts.setdefault(rec.cause.id, ts_ms)

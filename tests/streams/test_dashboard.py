@@ -38,7 +38,14 @@ def _snapshot(**changes: object) -> Snapshot:
         routes={"model": 19_000, "popular": 1_200, "llm_cold": 300},
         dead_letters=517,
         malformed_sent=517,
-        hit=HitRate(hits=2_345, evaluated=40_000, no_list=900, by_rung={"model": (2_300, 38_000)}),
+        hit=HitRate(
+            hits=2_345,
+            evaluated=40_000,
+            no_list=900,
+            shown_hits=3_000,
+            shown_evaluated=30_000,
+            by_rung={"model": (2_300, 38_000)},
+        ),
         offline={"HR@10 mixed": 0.1506, "HR@10 warm": 0.1983},
     )
     for name, value in changes.items():
@@ -68,6 +75,7 @@ def test_the_screen_shows_every_figure_of_the_snapshot() -> None:
         "517 (malformed sent: 517)",
         "5.9% (2,345/40,000",
         "900 had no list yet",
+        "10.0% (3,000/30,000)",
         "HR@10 mixed 15.1%",
         "HR@10 warm 19.8%",
         "LLM paths off",
@@ -149,4 +157,6 @@ def test_the_observer_turns_records_into_the_snapshot() -> None:
     assert s.latency_n == 1 and s.latency_ms is not None and s.latency_ms[0] == 120
     assert s.rungs == {"model": 1} and s.routes == {"model": 1}
     assert (s.hit.hits, s.hit.evaluated) == (1, 2)
+    # the list was emitted (50,120) before both interactions were sent (51,000)
+    assert (s.hit.shown_hits, s.hit.shown_evaluated) == (1, 2)
     assert list(obs.samples.by_request) == [rec]

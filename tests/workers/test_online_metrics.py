@@ -82,18 +82,22 @@ def test_only_the_top_k_count() -> None:
 
 
 def _brute_force(
-    lists: list[tuple[str, int, int, frozenset[str]]], inters: list[tuple[str, int, str]]
-) -> tuple[int, int, int]:
-    """(user, cause ts, arrival, items) lists; (user, ts, item) interactions."""
-    hits = evaluated = none = 0
-    for user, ts, item in inters:
-        before = [(t, seq, items) for u, t, seq, items in lists if u == user and t < ts]
+    lists: list[tuple[str, int, int, frozenset[str], int]], inters: list[tuple[str, int, str, int]]
+) -> tuple[int, int, int, int, int]:
+    """(user, cause ts, arrival, items, emitted) lists; (user, ts, item, sent) interactions."""
+    hits = evaluated = none = shown_hits = shown_evaluated = 0
+    for user, ts, item, sent in inters:
+        before = [(t, seq, items, e) for u, t, seq, items, e in lists if u == user and t < ts]
         if not before:
             none += 1
             continue
         evaluated += 1
         hits += item in max(before, key=lambda b: (b[0], b[1]))[2]
-    return hits, evaluated, none
+        shown = [b for b in before if b[3] < sent]
+        if shown:
+            shown_evaluated += 1
+            shown_hits += item in max(shown, key=lambda b: (b[0], b[1]))[2]
+    return hits, evaluated, none, shown_hits, shown_evaluated
 
 
 def test_incremental_snapshots_agree_with_a_recount_from_scratch() -> None:
@@ -102,28 +106,48 @@ def test_incremental_snapshots_agree_with_a_recount_from_scratch() -> None:
     items = [f"i{n}" for n in range(15)]
     events: list[tuple[str, ...]] = []
     for n in range(400):
-        user, ts = rng.choice(users), rng.randrange(1000)
+        user, ts, wall = rng.choice(users), rng.randrange(1000), str(rng.randrange(1000))
         if rng.random() < 0.5:
-            events.append(("inter", f"e{n}", user, rng.choice(items), str(ts)))
+            events.append(("inter", f"e{n}", user, rng.choice(items), str(ts), wall))
         else:
-            events.append(("rec", f"r{n}", user, ",".join(rng.sample(items, 4)), str(ts)))
+            events.append(("rec", f"r{n}", user, ",".join(rng.sample(items, 4)), str(ts), wall))
     rng.shuffle(events)  # arrival order is not event-time order
     m = PrequentialHitRate(k=10)
-    lists: list[tuple[str, int, int, frozenset[str]]] = []
-    inters: list[tuple[str, int, str]] = []
-    for n, (kind, eid, user, what, ts) in enumerate(events):
+    lists: list[tuple[str, int, int, frozenset[str], int]] = []
+    inters: list[tuple[str, int, str, int]] = []
+    for n, (kind, eid, user, what, ts, wall) in enumerate(events):
         if kind == "inter":
-            m.interaction(eid, user, what, int(ts))
-            inters.append((user, int(ts), what))
+            m.interaction(eid, user, what, int(ts), int(wall))
+            inters.append((user, int(ts), what, int(wall)))
         else:
             m.cause("request", eid, int(ts))
-            m.recommendation(f"rec-{eid}", user, "request", eid, what.split(","), "model")
-            lists.append((user, int(ts), n, frozenset(what.split(","))))
+            m.recommendation(
+                f"rec-{eid}", user, "request", eid, what.split(","), "model", int(wall)
+            )
+            lists.append((user, int(ts), n, frozenset(what.split(",")), int(wall)))
         if n % 37 == 0:  # snapshots along the way must not change the end result
             h = m.snapshot()
-            assert (h.hits, h.evaluated, h.no_list) == _brute_force(lists, inters)
+            got = (h.hits, h.evaluated, h.no_list, h.shown_hits, h.shown_evaluated)
+            assert got == _brute_force(lists, inters)
     h = m.snapshot()
     expected = _brute_force(lists, inters)
-    assert (h.hits, h.evaluated, h.no_list) == expected
+    assert (h.hits, h.evaluated, h.no_list, h.shown_hits, h.shown_evaluated) == expected
     assert h.evaluated + h.no_list == len(inters)
     assert 0 < h.hits < h.evaluated  # the random data exercises both outcomes
+    assert 0 < h.shown_evaluated < h.evaluated
+
+
+def test_the_stricter_count_takes_only_lists_emitted_before_the_interaction_was_sent() -> None:
+    m = PrequentialHitRate()
+    m.cause("request", "r1", 100)
+    m.recommendation("rec1", "u", "request", "r1", ["a", "b"], "model", emitted_ms=1_000)
+    m.cause("request", "r2", 150)
+    # Caused before the interaction in event time, but emitted after it was sent
+    # (a compressed replay): its state already held "b", so it left "b" out.
+    m.recommendation("rec2", "u", "request", "r2", ["c"], "model", emitted_ms=3_000)
+    m.interaction("i1", "u", "b", 200, sent_ms=2_000)
+    m.interaction("i2", "u", "c", 300, sent_ms=500)  # sent before any list was out
+    h = m.snapshot()
+    assert (h.hits, h.evaluated) == (1, 2)  # event time: rec2 is the latest for both (i2 hits)
+    assert (h.shown_hits, h.shown_evaluated) == (1, 1)  # i1 against rec1; i2 had none yet
+    assert h.shown_rate == 1.0
