@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from contracts import ChatMessage, ChatReply, Explanation, Recommendation, topics
+from contracts import ChatMessage, ChatReply, Explanation, Interaction, Recommendation, topics
 from streams.replay import ml100k_events, ml100k_folder, replay
 from tests.streams.harness import WorkerProcess, collect, worker_env
 from workers.explain import check_grounding
+from workers.quality import evidence_aspects, explanation_relevance, informativeness
 from workers.settings import Settings
 from workers.testing.llm_server import Behaviour, LLMTestServer
 
@@ -81,12 +82,22 @@ async def _run(
     finally:
         assert worker.stop() == 0, worker.tail()
     titles = {c.item_id: c.title or "" for c in catalog}
+    history: dict[str, set[str]] = {}
+    for _, e in events:
+        if isinstance(e, Interaction):
+            history.setdefault(e.user_id, set()).add(e.item_id)
+    genres = {
+        c.item_id: {str(g) for g in (c.attributes or {}).get("genres", ())}  # type: ignore[union-attr]
+        for c in catalog
+    }
     facts: dict[str, object] = {
         "events": stats.total - stats.catalog,
         "requests": len(requests),
         "cold": cold,
         "chats": chats,
         "titles": titles,
+        "history": history,
+        "genres": genres,
     }
     return facts, recs, replies, explanations
 
@@ -139,13 +150,37 @@ async def test_replay_with_cold_users_and_chat_loses_nothing_and_calls_the_llm_s
     events = int(facts["events"])  # type: ignore[call-overload]
     tokens = sum(r.llm.prompt_tokens + r.llm.completion_tokens for r in by_id.values())
     sources = Counter(e.source for e in explanations)
+    # workers.quality over what the explain role emitted: relevance = share of cited
+    # evidence in the user's history (items, their genres); informativeness = distinct
+    # aspects of the evidence per explanation.
+    history: dict[str, set[str]] = facts["history"]  # type: ignore[assignment]
+    genres: dict[str, set[str]] = facts["genres"]  # type: ignore[assignment]
+    quality_by_source = {}
+    for source in sources:
+        mine = [e for e in explanations if e.source == source]
+        rel = [
+            r
+            for e in mine
+            if (
+                r := explanation_relevance(
+                    e.evidence,
+                    history=history.get(e.user_id, set()),
+                    preferred={g for i in history.get(e.user_id, ()) for g in genres.get(i, ())},
+                )
+            )
+            is not None
+        ]
+        quality_by_source[source] = (
+            f"relevance {sum(rel) / max(len(rel), 1):.3f} over {len(rel)} with evidence, "
+            f"{informativeness(evidence_aspects(e.evidence) for e in mine):.2f} aspects each"
+        )
     print(
         f"\n{events} stream events ({facts['requests']} requests, {len(cold)} cold with context, "
         f"{len(facts['chats'])} chat turns): LLM calls by role {dict(by_role)}; "  # type: ignore[arg-type]
         f"stream-caused {stream_calls} = {stream_calls / events:.2%} of events; "
         f"cold rungs {dict(rungs)}; recommendation tokens {tokens} "
         f"({tokens / max(len(by_id), 1):.1f} per list); explanations {dict(sources)}, "
-        f"all grounded"
+        f"all grounded; {quality_by_source}"
     )
     assert stream_calls / events <= 0.02
     assert by_role["rank"] <= len(cold), "at most one ranking call per cold ask"

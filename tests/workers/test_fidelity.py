@@ -200,3 +200,33 @@ async def test_xrec_drafts_are_generated_checked_and_the_best_kept(
     drafts_seen = [d.get("draft") for role, d in sent(llm_server) if role == "explain"]
     assert sorted(drafts_seen, key=str) == sorted([None, 2, 3], key=str)
     assert first.source == "llm" and first.text == drafts[2], first.text
+
+
+async def test_listwise_rerank_shows_initial_scores_and_unplaced_items_keep_their_order(
+    llm_server: LLMTestServer,
+) -> None:
+    candidates = [Item(f"c{n}", f"Film {n}") for n in range(1, 7)]
+    # a model that places only c5 and c3, whatever order it is shown
+    body = orjson.dumps({"ranking": ["c5", "c3"]}).decode()
+    llm_server.script(default=Behaviour(kind="content", content=body))
+    scores = {c.id: 1.0 - n / 10 for n, c in enumerate(candidates)}
+    async with LLMPool(llm_settings(llm_server, cache_enabled=False)) as pool:
+        llm = LLM(pool)
+        result = await llm.rerank(
+            UserContext(query="calm"),
+            candidates,
+            k=6,
+            deadline=10,
+            permutations=3,
+            initial_scores=scores,
+        )
+    calls = sent(llm_server)
+    assert len(calls) == 3
+    assert all(
+        c["initial_score"] == pytest.approx(scores[c["id"]])
+        for _, d in calls
+        for c in d["candidates"]
+    )
+    # shuffled orders differ, yet the unplaced items follow the caller's order
+    assert len({tuple(c["id"] for c in d["candidates"]) for _, d in calls}) > 1
+    assert result.item_ids == ("c5", "c3", "c1", "c2", "c4", "c6")

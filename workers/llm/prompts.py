@@ -431,7 +431,8 @@ RANK_COT: Final = RoleSpec(
 RERANK: Final = RoleSpec(
     ROLE_RERANK,
     "Rerank the candidate items for this user, most relevant first. Their order in the "
-    "data carries no meaning. Use only ids from data.candidates.",
+    "data carries no meaning; an initial_score, where given, is the first stage's estimate "
+    "(higher is better), one signal among others. Use only ids from data.candidates.",
     '{"ranking": ["<candidate id>", ...]}',
     _parse_rank,
 )

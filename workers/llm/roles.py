@@ -356,21 +356,32 @@ class LLM:
         k: int,
         deadline: DeadlineLike,
         permutations: int | None = None,
+        initial_scores: Mapping[str, float] | None = None,
     ) -> RankResult:
         """Listwise reranking with position-bias mitigation.
 
         The candidates are ranked in ``permutations`` shuffled orders
         (concurrently) and the rankings aggregated by Borda count; permutations
-        that fail are left out as long as one succeeds.
+        that fail are left out as long as one succeeds. Only the items a model
+        placed earn points: the ones it left out keep the caller's (first-stage)
+        order behind them. ``initial_scores`` (the first stage's, by id) are shown
+        with the candidates, as the seed's listwise prompt does.
         """
         dl = Deadline.coerce(deadline)
         n = permutations or self.settings.rerank_permutations
         orders = [self._shuffle(candidates, i) for i in range(n)]
+
+        def shown(c: Item) -> dict[str, Any]:
+            d = c.data()
+            if initial_scores is not None and c.id in initial_scores:
+                d["initial_score"] = round(float(initial_scores[c.id]), 4)
+            return d
+
         outcomes = await asyncio.gather(
             *(
                 self._run(
                     RERANK,
-                    {"user": user.data(), "k": len(order), "candidates": [c.data() for c in order]},
+                    {"user": user.data(), "k": len(order), "candidates": [shown(c) for c in order]},
                     dl,
                 )
                 for order in orders
@@ -384,7 +395,7 @@ class LLM:
         ids = [c.id for c in candidates]
         score = dict.fromkeys(ids, 0.0)
         for result in results:
-            for pos, item_id in enumerate(result.item_ids):
+            for pos, item_id in enumerate(result.item_ids[: result.ranked_by_model]):
                 score[item_id] += len(ids) - pos
         ranked = sorted(ids, key=lambda i: (-score[i], ids.index(i)))
         usage = sum((r.usage for r in results[1:]), results[0].usage)
