@@ -12,6 +12,11 @@ answers:
    stated context (no LLM).
 4. **Popular/fresh** — the fallback the requests role computed.
 
+The seed's optional mechanisms, each off by default (docs/seed-fidelity.md):
+``llm_rank_style`` (few-shot examples chosen per call, the two-step chain of
+thought), ``llm_rag_facts`` (RA-Rec's catalog facts in the prompt) and
+``llm_blend_model_weight`` (the two-stage score blend).
+
 Calls run concurrently (bounded) with the time left to each deadline, which
 is well below Kafka's poll interval, so a slow LLM only ever costs a lower
 rung, never a rebalance.
