@@ -165,7 +165,7 @@ class ColdStartHandler:
             what=f"cold start {work.work_id}",
             budget=self._budget,
             slots=self._slots,
-            estimate=ESTIMATED_TOKENS,
+            estimate=ESTIMATED_TOKENS * (2 if serving.llm_rank_style == "two_step" else 1),
             path="cold-start",
         )
         if result is None:
