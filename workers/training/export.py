@@ -155,7 +155,9 @@ def export_run(
         [{"histories": hist(b), "item_input": item_input} for b in (1, 5, 64)],
     )
 
-    to_joint = TextToJoint(trained.model, trained.fusion["cold"]).eval()
+    to_joint = TextToJoint(
+        trained.model, trained.fusion["cold"], trained.fusion.get("cold_scale", 1.0)
+    ).eval()
     text_dim = trained.text.shape[1]
     _export(
         to_joint,

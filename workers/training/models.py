@@ -58,7 +58,8 @@ class _Block(nn.Module):
         y = (self.drop(att) @ v).transpose(1, 2).reshape(b, length, dim)
         x = q_in + self.drop(self.out(y))
         z = self.ln2(x)
-        return z + self.drop(self.ff2(self.drop(F.relu(self.ff1(z)))))
+        out: torch.Tensor = z + self.drop(self.ff2(self.drop(F.relu(self.ff1(z)))))
+        return out
 
 
 class SASRec(nn.Module):
@@ -100,7 +101,8 @@ class SASRec(nn.Module):
         allowed = causal.unsqueeze(0).unsqueeze(0) & (hist > 0).unsqueeze(1).unsqueeze(1)
         for block in self.blocks:
             x = block(x, allowed) * keep
-        return self.ln(x)
+        out: torch.Tensor = self.ln(x)
+        return out
 
     def forward(self, hist: torch.Tensor) -> torch.Tensor:
         return self.sequence(hist, self.item_emb.weight)
@@ -139,9 +141,14 @@ class ContentSASRec(SASRec):
         self.register_buffer("text", text.float().clone())
         self.register_buffer("id_mask", id_mask.float().clone())
 
+    # Buffers (typed here: nn.Module's attribute lookup is Tensor | Module).
+    text: torch.Tensor
+    id_mask: torch.Tensor
+
     def text_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """Text-only item vectors (cold items, items added at run time)."""
-        return self.text_proj(text)
+        out: torch.Tensor = self.text_proj(text)
+        return out
 
     def table(self, drop: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Item vectors [N + 1, d]; ``drop`` > 0 drops that share of IDs (training)."""
@@ -171,7 +178,8 @@ class BPRMF(nn.Module):
         return -F.logsigmoid(diff).mean()
 
     def scores(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_emb(users) @ self.item_emb.weight.T
+        out: torch.Tensor = self.user_emb(users) @ self.item_emb.weight.T
+        return out
 
 
 class ALLMRecStage1(nn.Module):
@@ -207,10 +215,12 @@ class ALLMRecStage1(nn.Module):
         return torch.sigmoid(self.text_enc(text))
 
     def joint_from_text(self, text: torch.Tensor) -> torch.Tensor:
-        return self.item_dec(self.encode_text(text))
+        out: torch.Tensor = self.item_dec(self.encode_text(text))
+        return out
 
     def joint_from_item(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.item_dec(self.encode_item(emb))
+        out: torch.Tensor = self.item_dec(self.encode_item(emb))
+        return out
 
 
 class UserEncoder(nn.Module):
@@ -230,7 +240,7 @@ class CandidateScorer(nn.Module):
 
     The last column of the joint table is a per-item prior: 0 for trained
     items, the validation-fitted offset for text-only ones (cold, or added at
-    run time).
+    run time), whose vector columns are also scaled by the fitted scale.
     """
 
     def __init__(self, sasrec: SASRec) -> None:
@@ -244,7 +254,7 @@ class CandidateScorer(nn.Module):
         item_input: torch.Tensor,
         item_joint: torch.Tensor,
     ) -> torch.Tensor:
-        user = self.encoder(histories, item_input)
+        user: torch.Tensor = self.encoder(histories, item_input)
         rows = item_joint[candidates]
         dim = user.shape[-1]
         return (rows[..., :dim] * user.unsqueeze(1)).sum(-1) + rows[..., dim]
@@ -256,17 +266,19 @@ class TextToJoint(nn.Module):
     The rows a worker appends for a new item known only by its text: the
     content-aware model's text-only vector ``v = W t + b`` is both what the
     sequence encoder reads when the item appears in a history (``item_input``)
-    and what it is scored with (``item_joint = [v, prior]``). ``prior`` is the
-    text-only items' offset calibrated on validation (see ``fit_calibration``);
-    warm items' last column holds their popularity prior instead.
+    and, scaled, what it is scored with (``item_joint = [scale * v, prior]``).
+    ``scale`` and ``prior`` are the text-only items' scale and offset
+    calibrated on validation (see ``fit_calibration``); warm items' rows are
+    ``[v, popularity prior]`` instead.
     """
 
-    def __init__(self, model: ContentSASRec, prior: float) -> None:
+    def __init__(self, model: ContentSASRec, prior: float, scale: float = 1.0) -> None:
         super().__init__()
         self.proj = model.text_proj
         self.prior = float(prior)
+        self.scale = float(scale)
 
     def forward(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.proj(text_embeddings)
         prior = torch.zeros_like(v[:, :1]) + self.prior
-        return v, torch.cat([v, prior], dim=1)
+        return v, torch.cat([v * self.scale, prior], dim=1)

@@ -52,8 +52,9 @@ class MiniLMEncoder(nn.Module):
             token_type_ids=torch.zeros_like(input_ids),
         ).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        pooled: torch.Tensor = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out: torch.Tensor = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return out
 
 
 def tokenize(tok: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
