@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 from contracts import ChatMessage, ChatReply, RankedItem, derive_id, topics
 from workers.catalog import CatalogView, display_title
 from workers.llm import LLM, Preferences, Turn
+from workers.llm.pii import redact
 from workers.llm_items import budgeted, items_of
 from workers.outputs import Output, OutputStore
 from workers.policy import PolicySettings, chat_complexity, decide
@@ -283,7 +284,10 @@ class ChatHandler:
             chat=complexity,
         )
         session.turn_no += 1
-        session.turns = [*session.turns, {"role": "user", "text": message.text[:500]}][-TURNS_KEPT:]
+        # The session (Redis, and the LLM's dialogue context) keeps the turn with
+        # personal data redacted; the rules above read the message as sent.
+        said = redact(message.text)[:500]
+        session.turns = [*session.turns, {"role": "user", "text": said}][-TURNS_KEPT:]
         reasons = [decision.reason]
         source = "template"
         llm_prefs: Preferences | None = None

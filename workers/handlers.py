@@ -23,6 +23,7 @@ from contracts import (
 )
 from workers.catalog import CatalogStore, CatalogView
 from workers.coldstart import fallback_output
+from workers.llm.pii import redact
 from workers.outputs import Output, OutputStore
 from workers.recommend import Ask, Recommender, recommendation_output
 from workers.settings import ServingSettings, StreamSettings
@@ -185,7 +186,9 @@ class RequestsHandler:
                 deadline_ms=received_ms + self._serving.request_deadline_ms,
                 route=r.decision.route,
                 reason=r.decision.reason,
-                query=(r.ask.query or "")[:2000] or None,
+                # Personal data in the stated context stays at the edge: the work
+                # topic and the output store get it redacted, as the LLM would.
+                query=redact(r.ask.query or "")[:2000] or None,
                 candidates=tuple(i for i, _ in r.candidates[:200]),
                 fallback_items=tuple(r.items),
                 fallback_rung="fresh" if r.rung == "fresh" else "popular",
