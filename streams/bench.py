@@ -70,7 +70,7 @@ def _phases(quick: bool, out: Path) -> dict[str, tuple[list[str], int]]:
         ),
         "tokens": (
             [
-                *("bench_tokens.py", "--limit", "150" if q else "300", "--new-items", "10"),
+                *("bench_tokens.py", "--limit", "1000" if q else "3000", "--new-items", "10"),
                 *("--only", "all on,no cache,no select,one stage", "--out", str(out / "tokens")),
             ],
             900,
