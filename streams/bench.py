@@ -395,17 +395,28 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         a1.set_ylabel("LLM tokens per recommendation list")
         a1.set_title("tokens per recommendation (baseline: all on)")
         a1.tick_params(axis="x", rotation=20)
+        # Every list of the arm: those the policy never sent to the LLM (model,
+        # popular or fresh), then the LLM-routed ones by the rung that answered.
         rungs = sorted({k for a in arms for k in t["arms"][a]["llm_cold_rungs"]})
-        bottom = [0.0] * len(arms)
+        mix = {
+            "no LLM (model/popular/fresh)": [
+                float(t["arms"][a]["lists"] - t["arms"][a]["llm_routed_lists"]) for a in arms
+            ]
+        }
         for rung in rungs:
-            vals = [float(t["arms"][a]["llm_cold_rungs"].get(rung, 0)) for a in arms]
-            a2.bar(arms, vals, bottom=bottom, label=rung)
-            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        a2.set_ylabel("LLM-routed lists")
-        a2.set_title("serving-path mix of LLM-routed lists")
+            mix[f"LLM route: {rung}"] = [
+                float(t["arms"][a]["llm_cold_rungs"].get(rung, 0)) for a in arms
+            ]
+        bottom = [0.0] * len(arms)
+        totals = [float(max(t["arms"][a]["lists"], 1)) for a in arms]
+        for label, vals in mix.items():
+            share = [100 * v / n for v, n in zip(vals, totals, strict=True)]
+            a2.bar(arms, share, bottom=bottom, label=label)
+            bottom = [b + v for b, v in zip(bottom, share, strict=True)]
+        a2.set_ylabel("% of recommendation lists")
+        a2.set_title("serving-path mix")
         a2.tick_params(axis="x", rotation=20)
-        if rungs:
-            a2.legend(fontsize=8)
+        a2.legend(fontsize=7, loc="lower right")
         save(fig, "tokens.png")
     s = report.get("scorer")
     if s:
@@ -428,7 +439,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--only", default="", help="comma-separated phases (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="report folder")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only rebuild report.md and the plots of this folder from its report.json",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads((args.render / "report.json").read_text())
+        report["plots"] = _plots(json.loads(json.dumps(report)), args.render)
+        (args.render / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.render / "report.md").write_text(_markdown(json.loads(json.dumps(report))))
+        print(f"rendered {args.render / 'report.md'} ({len(report['plots'])} plots)")
+        return 0
     if not BENCH.is_dir():
         print(
             "recstream bench: needs a source checkout (benchmarks/ is not part of the "
