@@ -198,7 +198,8 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
         **baselines,
         "A-LLMRec": served(fusion),
         **ablations,
-        "stage-1 text path": stage1_text(),
+        # An untrained stage 1 (--no-eval, s1_epochs=0) has no row to report.
+        **({"stage-1 text path": stage1_text()} if cfg.s1_epochs > 0 else {}),
     }
 
 

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-eval",
         action="store_true",
-        help="skip the evaluation report and the baselines only it uses (SASRec, BPR-MF)",
+        help="skip the evaluation report and what only it uses: the baselines (SASRec, "
+        "BPR-MF) and stage 1 (the joint space, not exported)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.id_dropout is not None:
         cfg.id_dropout = args.id_dropout
     cfg.baselines = cfg.baselines and not args.no_eval
+    if args.no_eval:
+        # Stage 1 is kept in the run's checkpoint but not exported; the
+        # config records 0 epochs, so `recstream evaluate` leaves its row out.
+        cfg.s1_epochs = 0
     cfg.use_text = cfg.use_text and not args.no_text
     cfg.all_windows = cfg.all_windows and not args.last_window
     if args.threads is not None:
