@@ -172,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     spy_found = spy if Path(spy).exists() else None
     if args.profile and spy_found is None:
         print("py-spy not found: no worker profile")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.json.parent if args.json else Path(tmp)
-        r = asyncio.run(run(args.events, args.profile, spy_found, workdir))
+    with tempfile.TemporaryDirectory() as tmp:  # the raw samples (large) stay out of results
+        r = asyncio.run(run(args.events, args.profile, spy_found, Path(tmp)))
     print(f"interaction path, {r['events']:,} events, load {r['load_before'][0]:.1f}")
     for label, key in (
         ("raw aiokafka consume", "raw_consume_eps"),
