@@ -8,13 +8,17 @@ several together with ``contextlib.AsyncExitStack`` so they close in reverse.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Self, TypeAlias
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from workers.errors import ResourceClosedError, StateStoreError
@@ -91,18 +95,85 @@ class Resource:
 # refuses a multi-key command or script whose keys span slots.
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
+# How long a command waits for a free connection of the pool before it fails
+# (as a retriable connection error): bursts wait, a stuck pool still surfaces.
+POOL_WAIT_S = 20.0
+
+# Set while a task holds a _WaitingCluster permit (see there).
+_HOLDS_PERMIT: ContextVar[bool] = ContextVar("recstream_redis_permit", default=False)
+
+
+class _WaitingCluster(RedisCluster):
+    """A cluster client whose commands wait for a connection instead of failing.
+
+    redis-py's pools fail a command at once (MaxConnectionsError) when all
+    ``max_connections`` are in use, and a burst of LLM calls (each with its
+    limit, budget and cache commands) easily asks for more. The standalone
+    client gets redis-py's BlockingConnectionPool; the cluster client has no
+    such pool, so here at most ``max_connections`` commands or pipelines are in
+    flight per client (each uses at most one connection per node), and the
+    rest wait for a permit. A command a pipeline sends itself (redirections)
+    runs on the pipeline's permit.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(int(kwargs.get("max_connections", 100)))
+        self._permit_wait_s = POOL_WAIT_S
+
+    async def _with_permit(self, run: Callable[[], Awaitable[Any]]) -> Any:
+        if _HOLDS_PERMIT.get():
+            return await run()
+        try:
+            async with asyncio.timeout(self._permit_wait_s):
+                await self._permits.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("no free Redis connection in time") from None
+        token = _HOLDS_PERMIT.set(True)
+        try:
+            return await run()
+        finally:
+            _HOLDS_PERMIT.reset(token)
+            self._permits.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        parent = super().execute_command
+        return await self._with_permit(lambda: parent(*args, **kwargs))
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # redis-py refuses it
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py does
+
+
+class _WaitingPipeline(ClusterPipeline):
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, _WaitingCluster)
+        parent = super().execute
+        result: list[Any] = await client._with_permit(
+            lambda: parent(raise_on_error, allow_redirections)
+        )
+        return result
+
 
 def open_redis(settings: RedisSettings, **options: Any) -> RedisClient:
     """The one place a Redis client is made (state, LLM limits and cache, probes).
 
     ``options`` are client keyword arguments (timeouts, pool size). The client
     connects on first use; the cluster client then discovers every node from
-    the one the URL names.
+    the one the URL names. Either client waits (up to ``POOL_WAIT_S``) for a
+    free connection when all ``max_connections`` are busy.
     """
     url = settings.url.reveal()
     if settings.cluster:
-        return RedisCluster.from_url(url, **options)
-    return aioredis.from_url(url, **options)
+        return _WaitingCluster.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=POOL_WAIT_S, **options)
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisResource(Resource):

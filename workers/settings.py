@@ -125,7 +125,8 @@ class RedisSettings:
     url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
     # Prefix of every key recstream writes, so it can share a Redis safely.
     key_prefix: str = "rs"
-    # Connections per pool: per process with one Redis, per node with a cluster.
+    # Commands in flight per client (one Redis: its pool; a cluster: across its
+    # nodes); more wait for a free connection (workers.resources.open_redis).
     max_connections: int = 64
     # Redis Cluster: the URL names any one node (the client discovers the
     # others and follows MOVED/ASK). Every script and multi-key command of

@@ -9,7 +9,10 @@ from dataclasses import replace
 import pytest
 
 from tests.cluster.servers import RedisClusterServers
+from tests.streams.conftest import model_dir
 from workers.settings import RedisSettings, Secret, Settings
+
+__all__ = ["cluster_settings", "model_dir", "redis_cluster"]  # model_dir: the stream tests' model
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,10 @@ class RedisClusterServers:
         for port in self.ports:
             self.cli(port, "flushall")
 
+    def all_keys(self) -> list[str]:
+        """Every key of every master (SCAN; for tests, not for big data sets)."""
+        return [k for port in self.ports for k in self.cli(port, "--scan").split()]
+
     def keys_per_node(self) -> list[int]:
         return [int(self.cli(port, "dbsize").strip() or 0) for port in self.ports]
 

@@ -209,3 +209,30 @@ async def test_llm_limits_budget_cache_and_single_flight_on_the_cluster(
         assert outcomes[0] and not outcomes[-1]
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("mode", ["cluster", "single"])
+async def test_a_burst_waits_for_a_free_connection_instead_of_failing(
+    mode: str, cluster_settings: Settings, settings: Settings
+) -> None:
+    """2,000 commands and 300 pipelines at once through a pool of 4 connections:
+    all succeed (redis-py's own pools would fail most with MaxConnectionsError)."""
+    redis_settings = cluster_settings.redis if mode == "cluster" else settings.redis
+    client = open_redis(redis_settings, max_connections=4)
+    try:
+
+        async def command(i: int) -> None:
+            await client.set(f"rs-test:burst:{{{i % 7}}}", i)
+
+        async def pipeline(i: int) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for j in range(10):
+                    pipe.get(f"rs-test:burst:{{{j}}}")
+                return list(await pipe.execute())
+
+        results = await asyncio.gather(
+            *(command(i) for i in range(2000)), *(pipeline(i) for i in range(300))
+        )
+    finally:
+        await client.aclose()
+    assert len(results) == 2300

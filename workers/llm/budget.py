@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from workers.llm.errors import BudgetExceeded
+from workers.llm.limits import slot_tagged
 from workers.resources import RedisClient
 
 __all__ = ["BudgetGovernor", "Reservation"]
@@ -76,7 +77,7 @@ class BudgetGovernor:
         self._local: dict[str, int] = {}
 
     def _keys(self, minute: int, hour: int) -> list[str]:
-        tag = "{" + self._key + "}"
+        tag = slot_tagged(self._key)  # one slot for the reserve script's four keys
         return [f"{tag}:tm:{minute}", f"{tag}:th:{hour}", f"{tag}:cm:{minute}", f"{tag}:ch:{hour}"]
 
     async def reserve(self, tokens: int, cost_usd: float) -> Reservation:

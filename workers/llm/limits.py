@@ -29,7 +29,13 @@ from workers.llm.deadline import Deadline
 from workers.llm.errors import PromptTooLarge, RateLimited
 from workers.resources import RedisClient
 
-__all__ = ["EndpointLimiter", "RequestThrottler", "SharedWindowLimiter", "TokenWindow"]
+__all__ = [
+    "EndpointLimiter",
+    "RequestThrottler",
+    "SharedWindowLimiter",
+    "TokenWindow",
+    "slot_tagged",
+]
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +180,14 @@ return 1
 """
 
 
+def slot_tagged(key: str) -> str:
+    """``rs:llm:lim:primary`` -> ``rs:llm:lim:{primary}``: keys built on it share one
+    Redis Cluster slot (a script's keys must), while they keep the deployment's
+    prefix in front, which the worker's Redis ACL (``~rs:*``) matches."""
+    head, _, tail = key.rpartition(":")
+    return f"{head}:{{{tail}}}" if head else f"{{{tail}}}"
+
+
 class SharedWindowLimiter:
     """Sliding-window request and token limits shared by every process through Redis."""
 
@@ -189,8 +203,7 @@ class SharedWindowLimiter:
     ) -> None:
         self._redis = redis
         self._hold_ms = int(hold_s * 1000)
-        # One hash tag: the script's keys live in one Redis Cluster slot.
-        tag = "{" + key + "}"
+        tag = slot_tagged(key)
         self._keys = [f"{tag}:req", f"{tag}:tok", f"{tag}:toksum", f"{tag}:block"]
         self._rpm = rpm
         self._tpm = tpm
