@@ -447,11 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render:
-        report = json.loads((args.render / "report.json").read_text())
-        report["plots"] = _plots(json.loads(json.dumps(report)), args.render)
-        (args.render / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.render / "report.md").write_text(_markdown(json.loads(json.dumps(report))))
-        print(f"rendered {args.render / 'report.md'} ({len(report['plots'])} plots)")
+        saved = json.loads((args.render / "report.json").read_text())
+        saved["plots"] = _plots(json.loads(json.dumps(saved)), args.render)
+        (args.render / "report.json").write_text(json.dumps(saved, indent=2) + "\n")
+        (args.render / "report.md").write_text(_markdown(json.loads(json.dumps(saved))))
+        print(f"rendered {args.render / 'report.md'} ({len(saved['plots'])} plots)")
         return 0
     if not BENCH.is_dir():
         print(
