@@ -247,7 +247,7 @@ async def llm_rows(args: argparse.Namespace, ranked: dict[str, Any]) -> dict[str
             if budget_spent:
                 continue
             if not row["target_in_model_top20"]:
-                for m in LLM_METHODS:
+                for m in args.methods:
                     row[m] = (0.0, 0.0)
                 rows.append(row)
                 continue
@@ -258,7 +258,7 @@ async def llm_rows(args: argparse.Namespace, ranked: dict[str, Any]) -> dict[str
                 "llm_few_shot": "few_shot",
                 "llm_cot": "chain_of_thought",
             }
-            for method in LLM_METHODS:
+            for method in args.methods:
                 t0 = time.monotonic()
                 calls[method] += 1
                 try:
@@ -277,7 +277,7 @@ async def llm_rows(args: argparse.Namespace, ranked: dict[str, Any]) -> dict[str
             rows.append(row)
             print(
                 f"user {n}: target in model top 20; "
-                + ", ".join(f"{m}={row[m][0]:.0f}" for m in ("model", *LLM_METHODS)),
+                + ", ".join(f"{m}={row[m][0]:.0f}" for m in ("model", *args.methods)),
                 flush=True,
             )
     return {
@@ -318,6 +318,12 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=35.0, help="LLM part: stop new users")
     parser.add_argument("--call-timeout", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--methods",
+        type=lambda v: tuple(m for m in v.split(",") if m),
+        default=LLM_METHODS,
+        help=f"comma-separated LLM methods to run (default all: {','.join(LLM_METHODS)})",
+    )
     parser.add_argument("--train-only", action="store_true", help="train + rank, no LLM")
     parser.add_argument("--no-llm", action="store_true", help="model and popularity rows only")
     day = datetime.now(UTC).strftime("%Y-%m-%d")

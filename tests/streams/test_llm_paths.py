@@ -71,7 +71,9 @@ async def _run(
             until=lambda rs: chats <= {r.in_reply_to for r in rs},
             timeout=240,
         )
-        owed = {r.rec_id for r in recs if r.cause.kind == "request"}
+        # An explanation per listed item: a list emitted empty (at start-up, before
+        # the first popularity refresh, a user's candidates can be none) owes none.
+        owed = {r.rec_id for r in recs if r.cause.kind == "request" and r.items}
         explanations = await collect(
             settings,
             topics.EXPLANATIONS,
