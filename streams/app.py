@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import CODECS, Event, RecstreamError, topics
 from streams.deadletter import dead_letter
-from streams.kafka import BatchDeliveryTransport, KafkaProducerResource, faust_credentials
+from streams.kafka import KafkaProducerResource, faust_credentials
 from streams.metrics import METRICS
 from workers.outputs import Output
 from workers.roles import Role, consumer_group
@@ -248,12 +248,6 @@ class RecstreamApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.closers: list[Callable[[], Awaitable[None]]] = []
-
-    def _new_transport(self) -> Any:
-        # faust's transport, handing records to the agents a fetched chunk at a
-        # time (streams.kafka.BatchDeliveryConsumer: its per-record hand-over was
-        # the worker's largest cost).
-        return BatchDeliveryTransport(self.conf.broker_consumer, self)
 
     async def on_shutdown(self) -> None:
         for close in reversed(self.closers):

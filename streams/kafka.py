@@ -6,17 +6,14 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from faust.auth import SASLCredentials, SSLCredentials
-from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.auth import CredentialsT
-from mode import Service, ServiceT
 
 from contracts import topics
 from workers.errors import ResourceError
@@ -24,8 +21,6 @@ from workers.resources import Resource
 from workers.settings import KafkaSettings
 
 __all__ = [
-    "BatchDeliveryConsumer",
-    "BatchDeliveryTransport",
     "KafkaProducerResource",
     "client_security",
     "ensure_topics",
@@ -199,90 +194,3 @@ class KafkaProducerResource(Resource):
             await self._producer.flush()
             await self._producer.stop()
             self._producer = None
-
-
-class BatchDeliveryConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer, handing each fetched chunk over in one guarded wait.
-
-    faust's ``_drain_messages`` wraps *every* message's hand-over to the agents
-    in ``wait_first(callback(message), suspend_flow.wait())``: four tasks and
-    an ``asyncio.wait`` per record, so that a rebalance (flow suspended) or a
-    stop interrupts a hand-over blocked on a full stream buffer. Profiled on
-    the interactions role, that was 40% of the worker's busy time, more than
-    decoding and the state write together. Here the whole chunk of one
-    ``getmany`` is handed over inside one such wait: a suspension or stop still
-    interrupts it at once (what was not handed over is refetched from the
-    committed offsets, as with faust's loop, which drops it too), and the
-    offset bookkeeping per record (read offsets, gaps, commit cadence) is
-    faust's own. Nothing about acking or committing changes: offsets are still
-    committed only for records the agents acked.
-    """
-
-    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
-        callback = self.callback
-        getmany = self.getmany
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        set_flag = self.diag.set_flag
-        unset_flag = self.diag.unset_flag
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every = 100
-
-        async def hand_over(ait: Any) -> None:
-            try:
-                await hand_over_all(ait)
-            finally:
-                await ait.aclose()  # interrupted (suspended, stopping): drop the rest
-
-        async def hand_over_all(ait: Any) -> None:
-            since_yield = 0
-            async for tp, message in ait:
-                since_yield += 1
-                if since_yield > yield_every:
-                    await asyncio.sleep(0)
-                    since_yield = 0
-                offset = message.offset
-                r_offset = get_read_offset(tp)
-                if r_offset is None or offset >= r_offset:
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    commit_every = self._commit_every
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    await callback(message)
-                    set_read_offset(tp, offset)
-
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
-                # faust sleeps here too: getmany may return at once in a loop.
-                await self.sleep(0)
-                if not self.should_stop:
-                    await self.wait_first(hand_over(ait), self.suspend_flow.wait())
-                unset_flag(CONSUMER_FETCHING)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                self.log.info("Broker stopped consumer, shutting down...")
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                self.log.info("Consumer shutting down for user cancel.")
-                return
-            raise
-        except Exception as exc:
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
-        finally:
-            unset_flag(CONSUMER_FETCHING)
-
-
-class BatchDeliveryTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport with :class:`BatchDeliveryConsumer`."""
-
-    Consumer = BatchDeliveryConsumer
