@@ -54,46 +54,52 @@ def _messages(i: int) -> tuple[dict[str, str], ...]:
     )
 
 
+def _pool_settings(url: str, concurrency: int) -> LLMSettings:
+    endpoint = EndpointSettings(
+        name="bench", base_url=url, rpm=1_000_000, tpm=1_000_000_000, concurrency=concurrency
+    )
+    return LLMSettings(endpoints=(endpoint,), cache_enabled=False, budget_tokens_per_minute=10**9)
+
+
+def _parse(c: Completion) -> dict[str, object]:
+    return extract_json(c.content)
+
+
+async def _bare_call(client: httpx.AsyncClient, i: int) -> float:
+    """One call straight through httpx, parsed like the pool parses it; its latency."""
+    start = time.perf_counter()
+    body = {"model": "m", "messages": list(_messages(i)), "max_tokens": 64}
+    response = await client.post("chat/completions", content=orjson.dumps(body))
+    response.raise_for_status()
+    extract_json(response.json()["choices"][0]["message"]["content"])
+    return time.perf_counter() - start
+
+
+async def _pool_call(pool: LLMPool, i: int) -> float:
+    """The same call through the pool; its latency."""
+    start = time.perf_counter()
+    request = ChatRequest("rank", _messages(i), max_tokens=64, cacheable=False)
+    await pool.complete(request, deadline=30, parse=_parse)
+    return time.perf_counter() - start
+
+
+async def _closed_loop(one: Any, calls: int) -> tuple[list[float], float]:
+    """20 warm-up calls, then ``calls`` at once; their latencies and the wall time."""
+    await asyncio.gather(*(one(-i - 1) for i in range(20)))
+    start = time.perf_counter()
+    latencies = await asyncio.gather(*(one(i) for i in range(calls)))
+    return list(latencies), time.perf_counter() - start
+
+
 async def bare(url: str, calls: int) -> tuple[list[float], float]:
     limits = httpx.Limits(max_connections=calls, max_keepalive_connections=calls)
     async with httpx.AsyncClient(base_url=url + "/", limits=limits, timeout=30) as client:
-
-        async def one(i: int) -> float:
-            start = time.perf_counter()
-            body = {"model": "m", "messages": list(_messages(i)), "max_tokens": 64}
-            response = await client.post("chat/completions", content=orjson.dumps(body))
-            response.raise_for_status()
-            extract_json(response.json()["choices"][0]["message"]["content"])
-            return time.perf_counter() - start
-
-        await asyncio.gather(*(one(-i - 1) for i in range(20)))  # warm connections
-        start = time.perf_counter()
-        latencies = await asyncio.gather(*(one(i) for i in range(calls)))
-        return list(latencies), time.perf_counter() - start
+        return await _closed_loop(lambda i: _bare_call(client, i), calls)
 
 
 async def pooled(url: str, calls: int) -> tuple[list[float], float]:
-    endpoint = EndpointSettings(
-        name="bench", base_url=url, rpm=1_000_000, tpm=1_000_000_000, concurrency=calls
-    )
-    settings = LLMSettings(
-        endpoints=(endpoint,), cache_enabled=False, budget_tokens_per_minute=10**9
-    )
-    async with LLMPool(settings) as pool:
-
-        def parse(c: Completion) -> dict[str, object]:
-            return extract_json(c.content)
-
-        async def one(i: int) -> float:
-            start = time.perf_counter()
-            request = ChatRequest("rank", _messages(i), max_tokens=64, cacheable=False)
-            await pool.complete(request, deadline=30, parse=parse)
-            return time.perf_counter() - start
-
-        await asyncio.gather(*(one(-i - 1) for i in range(20)))
-        start = time.perf_counter()
-        latencies = await asyncio.gather(*(one(i) for i in range(calls)))
-        return list(latencies), time.perf_counter() - start
+    async with LLMPool(_pool_settings(url, calls)) as pool:
+        return await _closed_loop(lambda i: _pool_call(pool, i), calls)
 
 
 async def _open_loop(one: Any, rate: float, seconds: float) -> list[float]:
@@ -111,12 +117,6 @@ async def _open_loop(one: Any, rate: float, seconds: float) -> list[float]:
 
 async def open_loop(url: str, rate: float, seconds: float, rounds: int) -> dict[str, list[float]]:
     """Bare and pool alternating, each round at the same open-loop rate, one process."""
-    endpoint = EndpointSettings(
-        name="bench", base_url=url, rpm=1_000_000, tpm=1_000_000_000, concurrency=1000
-    )
-    settings = LLMSettings(
-        endpoints=(endpoint,), cache_enabled=False, budget_tokens_per_minute=10**9
-    )
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     out: dict[str, list[float]] = {
         "bare httpx": [],
@@ -126,25 +126,14 @@ async def open_loop(url: str, rate: float, seconds: float, rounds: int) -> dict[
     }
     async with (
         httpx.AsyncClient(base_url=url + "/", limits=limits, timeout=30) as client,
-        LLMPool(settings) as pool,
+        LLMPool(_pool_settings(url, 1000)) as pool,
     ):
 
-        async def bare_one(i: int) -> float:
-            start = time.perf_counter()
-            body = {"model": "m", "messages": list(_messages(i)), "max_tokens": 64}
-            response = await client.post("chat/completions", content=orjson.dumps(body))
-            response.raise_for_status()
-            extract_json(response.json()["choices"][0]["message"]["content"])
-            return time.perf_counter() - start
+        def bare_one(i: int) -> Any:
+            return _bare_call(client, i)
 
-        def parse(c: Completion) -> dict[str, object]:
-            return extract_json(c.content)
-
-        async def pool_one(i: int) -> float:
-            start = time.perf_counter()
-            request = ChatRequest("rank", _messages(i), max_tokens=64, cacheable=False)
-            await pool.complete(request, deadline=30, parse=parse)
-            return time.perf_counter() - start
+        def pool_one(i: int) -> Any:
+            return _pool_call(pool, i)
 
         await _open_loop(bare_one, rate, 1.0)  # warm connections, both paths
         await _open_loop(pool_one, rate, 1.0)
