@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import statistics
@@ -76,13 +75,6 @@ def user_sequences(folder: Path) -> dict[str, list[str]]:
             user, item, _rating, ts = line.split("\t")
             rows.setdefault(user, []).append((float(ts), item))
     return {u: [i for _, i in sorted(r, key=lambda x: (x[0], int(x[1])))] for u, r in rows.items()}
-
-
-def hr_ndcg(ranked: list[str], target: str, k: int = K) -> tuple[float, float]:
-    top = ranked[:k]
-    if target not in top:
-        return 0.0, 0.0
-    return 1.0, 1.0 / math.log2(top.index(target) + 2)
 
 
 # --- part 1: train without the held-out users and rank (torch, .venv-train) ----
@@ -169,16 +161,12 @@ def train_and_rank(args: argparse.Namespace) -> dict[str, Any]:
 # --- part 2: the table and the LLM rows (.venv) --------------------------------
 
 
-def boot_ci(values: list[float], reps: int = 2000, seed: int = 7) -> list[float]:
-    if not values:
-        return [math.nan, math.nan]
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
-    return [round(means[int(0.025 * reps)], 4), round(means[int(0.975 * reps) - 1], 4)]
-
-
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from benchmarks.llm_real_model import boot_ci as _boot_ci
+
+    def boot_ci(values: list[float]) -> list[float]:
+        return [round(x, 4) for x in _boot_ci(values)]
+
     table: dict[str, Any] = {}
     for m in ("popularity", "model", *LLM_METHODS):
         values = [r[m] for r in rows if r.get(m) is not None]
@@ -197,26 +185,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def llm_rows(args: argparse.Namespace, ranked: dict[str, Any]) -> dict[str, Any]:
-    from benchmarks.llm_real_model import MODEL_NAME, load
+    from benchmarks.llm_real_model import hr_ndcg, load, local_endpoint
     from streams.replay import ml100k_folder
-    from workers.llm import LLM, EndpointSettings, LLMError, LLMPool, LLMSettings, UserContext
+    from workers.llm import LLM, LLMError, LLMPool, LLMSettings, UserContext
     from workers.settings import Settings
 
     movies, seqs = load(ml100k_folder(Settings.from_env()))
     held = {r["user"] for r in ranked["rankings"]}
     pop = Counter(i for u, s in seqs.items() if u not in held for i in s)
     pop_order = sorted(movies, key=lambda i: (-pop[i], int(i)))
-    endpoint = EndpointSettings(
-        name="local",
-        base_url=f"http://127.0.0.1:{args.port}/v1",
-        model=MODEL_NAME,
-        rpm=0,
-        tpm=0,
-        concurrency=1,
-        read_timeout_s=args.call_timeout,
-        max_attempts=1,
-        breaker_failures=1000,
-    )
+    endpoint = local_endpoint(args.port, args.call_timeout)
     settings = LLMSettings(endpoints=(endpoint,), cache_enabled=False)
     rows: list[dict[str, Any]] = []
     calls: Counter[str] = Counter()

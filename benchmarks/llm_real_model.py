@@ -153,6 +153,21 @@ class TextIndex:
         return sum(profile.get(t, 0.0) * x for t, x in self.vec[item].items())
 
 
+def local_endpoint(port: int, call_timeout: float) -> EndpointSettings:
+    """The local model on loopback: one call at a time, no retries, no breaker."""
+    return EndpointSettings(
+        name="local",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model=MODEL_NAME,
+        rpm=0,
+        tpm=0,
+        concurrency=1,
+        read_timeout_s=call_timeout,
+        max_attempts=1,
+        breaker_failures=1000,
+    )
+
+
 def hr_ndcg(ranked: Sequence[str], target: str, k: int = K) -> tuple[float, float]:
     top = list(ranked[:k])
     if target not in top:
@@ -382,17 +397,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cold = ColdRankings.build(movies, seqs, args)
     eval_users = cold.eval_users
 
-    endpoint = EndpointSettings(
-        name="local",
-        base_url=f"http://127.0.0.1:{args.port}/v1",
-        model=MODEL_NAME,
-        rpm=0,
-        tpm=0,
-        concurrency=1,
-        read_timeout_s=args.call_timeout,
-        max_attempts=1,
-        breaker_failures=1000,
-    )
+    endpoint = local_endpoint(args.port, args.call_timeout)
     settings = LLMSettings(
         endpoints=(endpoint,), cache_enabled=False, rerank_permutations=args.permutations
     )
