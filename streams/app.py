@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import CODECS, Event, RecstreamError, topics
 from streams.deadletter import dead_letter
+from streams.edge import BatchEdge
 from streams.kafka import KafkaProducerResource, faust_credentials
 from streams.metrics import METRICS
 from workers.outputs import Output
@@ -248,6 +249,13 @@ class RecstreamApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.closers: list[Callable[[], Awaitable[None]]] = []
+        self.edges: list[BatchEdge] = []
+
+    async def on_stop(self) -> None:
+        # The batch edges finish and commit their batch in hand first, while
+        # Redis and the producer are still open.
+        await asyncio.gather(*(edge.stop() for edge in self.edges))
+        await super().on_stop()
 
     async def on_shutdown(self) -> None:
         for close in reversed(self.closers):
@@ -264,7 +272,11 @@ def create_app(
     processor_factory: Callable[[], Awaitable[BatchProcessor]],
     health: Health,
 ) -> RecstreamApp:
-    """A faust app with one agent per role, in the roles' consumer group."""
+    """A faust app with one agent per role, in the roles' consumer group; the
+    roles in ``settings.stream.batch_edge_roles`` run on a ``BatchEdge`` instead
+    (their own consumer group each, see streams.edge)."""
+    edge_roles = [r for r in roles if r.name in settings.stream.batch_edge_roles]
+    agent_roles = [r for r in roles if r not in edge_roles]
     group = consumer_group(settings.stream.group_prefix, roles)
     datadir = settings.home / "faust" / group
     datadir.mkdir(parents=True, exist_ok=True)
@@ -295,6 +307,11 @@ def create_app(
         datadir=str(datadir),
         consumer_group_instance_id=settings.stream.instance_id or None,
     )
+    if not agent_roles:
+        # Every role is on a batch edge: faust serves the web endpoints only (a
+        # faust consumer without topics would fail to subscribe, and must not
+        # join the edge's group).
+        app.boot_strategy = app.BootStrategy(app, enable_kafka_consumer=False)
     # Every agent shares one processor (one model, one Redis pool, one producer):
     # memoise the future, so agents starting together do not each build one.
     opening: dict[str, asyncio.Future[BatchProcessor]] = {}
@@ -307,7 +324,16 @@ def create_app(
         health.ready = True
         return proc
 
-    for role in roles:
+    for role in edge_roles:
+        app.edges.append(BatchEdge(settings, role, processor))
+
+    async def start_edges() -> None:
+        for edge in app.edges:
+            edge.start()
+
+    app.task(start_edges)  # runs once the app has started
+
+    for role in agent_roles:
         source = app.topic(settings.kafka.topic(role.consumes), value_type=bytes, key_type=bytes)
 
         async def agent(stream: Any, role: Role = role) -> None:
@@ -348,7 +374,9 @@ def create_app(
         # Ready = resources open, the broker and Redis answer their probes, no
         # retry loop, and partitions assigned (before the group join finishes, a
         # "ready" worker would not consume anything).
-        assigned = bool(app.consumer.assignment())
+        assigned = (not agent_roles or bool(app.consumer.assignment())) and all(
+            edge.assigned for edge in app.edges
+        )
         ok = health.ready and not health.retrying and not health.failing and assigned
         body = {
             "ready": ok,

@@ -123,7 +123,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="recstream worker",
         description="Consume input topics and emit recommendations. Each role is its own "
-        "consumer group (scale roles apart); several roles in one process share one group; "
+        "consumer group (scale roles apart); several roles in one process share one group, "
+        "except roles on the batch edge ($RECSTREAM_BATCH_EDGE_ROLES, default interactions), "
+        "which keep their own; "
         "'all' runs every role in one process. Exposes "
         "/healthz, /readyz and /metrics on $RECSTREAM_WEB_BIND:$RECSTREAM_WEB_PORT (default "
         "127.0.0.1:6066).",

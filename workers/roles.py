@@ -122,8 +122,9 @@ def consumer_group(prefix: str, roles: Iterable[Role]) -> str:
     """The consumer group of a process running ``roles``.
 
     One role: ``<prefix>-<role>``, so replicas of a role share partitions. A
-    process running several roles is one Kafka member, so it needs one group
-    of its own: the sorted names joined with '+' (``all`` for every role).
+    process running several roles on faust is one Kafka member, so it needs one
+    group of its own: the sorted names joined with '+' (``all`` for every role).
+    A role on the batch edge (streams.edge) always takes its one-role group.
     """
     names = sorted(r.name for r in roles)
     if not names:

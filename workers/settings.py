@@ -26,6 +26,7 @@ from workers.env import (
     env_str,
 )
 from workers.errors import ConfigError
+from workers.roles import ROLES
 
 if TYPE_CHECKING:
     from workers.llm.settings import LLMSettings
@@ -192,6 +193,21 @@ def _kinds(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozen
     return kinds
 
 
+def _edge_roles(env: Mapping[str, str], default: frozenset[str]) -> frozenset[str]:
+    raw = env.get(PREFIX + "BATCH_EDGE_ROLES")
+    if raw is None:
+        return default
+    roles = frozenset(r.strip() for r in raw.split(",") if r.strip())
+    # Only roles that never await an LLM: a batch edge processes one batch at a time.
+    allowed = {r.name for r in ROLES.values() if not r.awaits_llm}
+    if roles - allowed:
+        raise ConfigError(
+            f"{PREFIX}BATCH_EDGE_ROLES: {sorted(roles - allowed)} cannot run on the batch "
+            f"edge; allowed: {sorted(allowed)}"
+        )
+    return roles
+
+
 RANK_STYLES: Final = ("zero_shot", "few_shot", "chain_of_thought", "two_step")
 _KINDS: Final = frozenset({"view", "click", "add_to_cart", "purchase", "rating", "skip"})
 
@@ -238,6 +254,10 @@ class StreamSettings:
     # with the same id (a pod's stable name) takes its partitions back at once
     # instead of waiting for a rebalance. Must be unique per process; empty = off.
     instance_id: str = ""
+    # Roles consumed batch by batch straight from aiokafka (streams.edge) rather
+    # than through faust's per-record stream: the high-volume, LLM-free role
+    # whose per-record work is small. Empty = every role on faust.
+    batch_edge_roles: frozenset[str] = frozenset({"interactions"})
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> StreamSettings:
@@ -253,6 +273,7 @@ class StreamSettings:
             rating_min=rating_min,
             rating_max=rating_max,
             instance_id=env_str(env, "INSTANCE_ID", cls.instance_id),
+            batch_edge_roles=_edge_roles(env, cls.batch_edge_roles),
             group_prefix=env_str(env, "GROUP_PREFIX", cls.group_prefix),
             batch_max=env_int(env, "BATCH_MAX", cls.batch_max, minimum=1),
             batch_within_ms=env_int(env, "BATCH_WITHIN_MS", cls.batch_within_ms, minimum=1),

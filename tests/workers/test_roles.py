@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from contracts import topics
+from workers.errors import ConfigError
 from workers.roles import ALL, ROLES, consumer_group, resolve
+from workers.settings import StreamSettings
 
 
 def test_every_role_consumes_a_contract_topic_and_llm_roles_are_apart() -> None:
@@ -37,3 +39,13 @@ def test_consumer_groups_follow_the_roles_not_their_count() -> None:
 def test_unknown_roles_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown roles"):
         resolve(["reccomend"])
+
+
+def test_batch_edge_roles_default_to_interactions_and_refuse_llm_roles() -> None:
+    assert StreamSettings.from_mapping({}).batch_edge_roles == {"interactions"}
+    none = StreamSettings.from_mapping({"RECSTREAM_BATCH_EDGE_ROLES": ""})
+    assert none.batch_edge_roles == frozenset()
+    two = StreamSettings.from_mapping({"RECSTREAM_BATCH_EDGE_ROLES": "catalog, requests"})
+    assert two.batch_edge_roles == {"catalog", "requests"}
+    with pytest.raises(ConfigError, match="chat"):
+        StreamSettings.from_mapping({"RECSTREAM_BATCH_EDGE_ROLES": "interactions,chat"})
