@@ -11,12 +11,17 @@ keys), measured one after the other in this run:
     ceiling  1 / (1/raw + 1/decode + 1/apply): one process doing the three
              serially with nothing else (no framework, no acks, no overlap)
     worker   ``recstream worker --role interactions`` draining the topic
-             (triggers off) until Redis holds all N (events/s)
+             (triggers off) until Redis holds all N (events/s), on its
+             batch edge (streams.edge, the default)
+    faust    the same worker with the role on faust's per-record stream
+             (``RECSTREAM_BATCH_EDGE_ROLES=''``), fresh keys and group: the
+             edge the batch edge replaced, as the baseline
 
-and the ratio worker / ceiling. With ``--profile`` (py-spy installed), the
+and the ratios worker / ceiling. With ``--profile`` (py-spy installed), the
 worker is sampled while it drains and its busy time is split by where it goes
 (faust's fetch thread, faust's per-message delivery, stream iteration and acks,
-decode, the state write, the Redis client, the batch bookkeeping).
+decode, the state write, the Redis client, the batch bookkeeping, the batch
+edge's fetch and commit).
 
     .venv/bin/python benchmarks/bench_ceiling.py --events 50000 --json out.json
 """
@@ -63,6 +68,7 @@ _BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("faust per-message delivery", ("_drain_messages", "on_message", "wait_first")),
     ("faust stream iteration + acks", ("faust/streams.py", "faust/events.py", "Stream.ack")),
     ("batch bookkeeping (log, metrics)", ("BatchProcessor.process", "create_app.<locals>.agent")),
+    ("batch edge (aiokafka fetch, commit, lag)", ("streams/edge.py", "aiokafka/")),
 )
 
 
@@ -154,6 +160,24 @@ async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[
         if sampler is not None:
             sampler.wait(timeout=profile_s + 30)
     out["ratio"] = out["worker_eps"] / out["ceiling_eps"]
+    # The baseline edge, same run: the same worker with the role on faust's
+    # per-record stream (fresh state keys and group, so it reads every event).
+    faust_settings = dataclasses.replace(
+        settings,
+        redis=dataclasses.replace(settings.redis, key_prefix=f"{settings.redis.key_prefix}-f"),
+    )
+    async with Worker(
+        faust_settings,
+        "interactions",
+        6195,
+        RECSTREAM_TRIGGER_KINDS="skip",
+        RECSTREAM_BATCH_EDGE_ROLES="",
+    ):
+        started = time.perf_counter()
+        while await _applied(faust_settings, users) < n:
+            await asyncio.sleep(0.05)
+        out["worker_faust_eps"] = n / (time.perf_counter() - started)
+    out["ratio_faust"] = out["worker_faust_eps"] / out["ceiling_eps"]
     out["load_after"] = os.getloadavg()
     if spy_ok and raw_profile.exists():
         out["worker_profile"] = profile_split(raw_profile)
@@ -181,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"state apply, batches of {BATCH}", "apply_eps"),
         ("serial ceiling", "ceiling_eps"),
         ("worker --role interactions", "worker_eps"),
+        ("the same on faust's stream", "worker_faust_eps"),
     ):
         print(f"  {label:<30} {r[key]:>10,.0f} events/s")
     print(f"  worker / ceiling               {r['ratio']:>10.2f}")
+    print(f"  faust-stream worker / ceiling  {r['ratio_faust']:>10.2f}")
     for k, v in r.get("worker_profile", {}).items():
         print(f"    {k:<36} {v:6.1%}")
     if args.json:

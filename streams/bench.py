@@ -186,6 +186,15 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| **serial ceiling** 1/(1/raw + 1/decode + 1/apply) | **{_fmt(c['ceiling_eps'])}** |",
             f"| **worker** `--role interactions` | **{_fmt(c['worker_eps'])}** |",
             f"| **worker / ceiling** | **{c['ratio']:.2f}** |",
+            *(
+                [
+                    f"| worker with the role on faust's per-record stream (baseline edge) | "
+                    f"{_fmt(c['worker_faust_eps'])} |",
+                    f"| faust-stream worker / ceiling | {c['ratio_faust']:.2f} |",
+                ]
+                if "worker_faust_eps" in c
+                else []
+            ),
             "",
             "![interactions](interactions.png)",
         ]
@@ -338,6 +347,10 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         labels = ["raw consume", "decode", "apply x500", "serial ceiling", "worker"]
         keys = ["raw_consume_eps", "decode_eps", "apply_eps", "ceiling_eps", "worker_eps"]
         colors = ["#bbb", "#bbb", "#bbb", "#4a7", "#36c"]
+        if "worker_faust_eps" in c:
+            labels.append("worker, faust stream")
+            keys.append("worker_faust_eps")
+            colors.append("#c96")
         ax.barh(labels, [c[k] for k in keys], color=colors)
         ax.set_xscale("log")
         ax.set_xlabel("events/s (log)")
