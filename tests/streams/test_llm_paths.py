@@ -3,6 +3,7 @@ the scripted LLM TEST SERVER (not a model) as the OpenAI-compatible endpoint."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,17 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from contracts import ChatMessage, ChatReply, Explanation, Interaction, Recommendation, topics
+from contracts import (
+    CODECS,
+    ChatMessage,
+    ChatReply,
+    Explanation,
+    Interaction,
+    Recommendation,
+    RecommendationRequest,
+    topics,
+)
+from streams.kafka import KafkaProducerResource
 from streams.replay import ml100k_events, ml100k_folder, replay
 from tests.streams.harness import WorkerProcess, collect, worker_env
 from workers.explain import check_grounding
@@ -21,6 +32,12 @@ from workers.testing.llm_server import Behaviour, LLMTestServer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LIMIT = 3000
+NEWCOMER_QUERIES = (
+    "I enjoy drama and comedy films",
+    "space adventures and science fiction",
+    "gentle animated films for a family evening",
+    "dark thrillers with a twist",
+)
 
 
 @pytest.fixture
@@ -55,11 +72,24 @@ async def _run(
     requests = {e.request_id for t, e in events if t == topics.REQUESTS}  # type: ignore[union-attr]
     cold = {e.request_id for t, e in events if t == topics.REQUESTS and e.context}  # type: ignore[union-attr]
     chats = {e.event_id for t, e in events if isinstance(e, ChatMessage)}
+    # Newcomers with a stated context and no ratings at all: cold whenever the
+    # requests role reads them, so the LLM cold path runs in every run (the
+    # replay's cold users may turn warm first, see _split_by_state_at_decision).
+    newcomers = [f"newcomer-{n}" for n in range(len(NEWCOMER_QUERIES))]
+    requests |= set(newcomers)
+    cold |= set(newcomers)
     env = worker_env(settings, model_dir, **_llm_env(server))
     worker = WorkerProcess(env, ["all"], tmp_path / "worker.log").start()
     try:
         await worker.wait_ready()
         stats = await replay(settings, limit=LIMIT, cold_share=0.1, chat_share=0.02, progress=False)
+        now_ms = int(time.time() * 1000)
+        async with KafkaProducerResource(settings.kafka) as producer:
+            for user, query in zip(newcomers, NEWCOMER_QUERIES, strict=True):
+                ask = RecommendationRequest(user, user, 10, now_ms, context={"query": query})
+                await producer.send(
+                    topics.REQUESTS, CODECS[topics.REQUESTS].encode(ask), user.encode()
+                )
 
         def answered(recs: list[Recommendation]) -> bool:
             return requests <= {r.cause.id for r in recs if r.cause.kind == "request"}
@@ -93,7 +123,7 @@ async def _run(
         for c in catalog
     }
     facts: dict[str, object] = {
-        "events": stats.total - stats.catalog,
+        "events": stats.total - stats.catalog + len(newcomers),
         "requests": len(requests),
         "cold": cold,
         "chats": chats,
@@ -102,6 +132,26 @@ async def _run(
         "genres": genres,
     }
     return facts, recs, replies, explanations
+
+
+def _split_by_state_at_decision(
+    stated: list[Recommendation],
+) -> tuple[list[Recommendation], list[Recommendation]]:
+    """The stated-context requests answered while their user was still cold, and those
+    whose user had turned warm by the time the requests role read the state.
+
+    The replay sends a cold user's request right after their first rating, and more
+    of their ratings follow at once (MovieLens users rate in bursts). The
+    interactions role consumes on its own (the batch edge, its own group; in a
+    deployment, its own processes), so it may apply those ratings before the
+    requests role reads the user: a live system serves the state it has then. The
+    reason records which state the decision saw; each side is checked for the
+    route that state calls for.
+    """
+    cold = [r for r in stated if (r.reason or "").startswith("cold user")]
+    warmed = [r for r in stated if (r.reason or "").startswith("warm user")]
+    assert len(cold) + len(warmed) == len(stated), [r.reason for r in stated]
+    return cold, warmed
 
 
 async def test_replay_with_cold_users_and_chat_loses_nothing_and_calls_the_llm_selectively(
@@ -126,13 +176,15 @@ async def test_replay_with_cold_users_and_chat_loses_nothing_and_calls_the_llm_s
     by_id: dict[str, Recommendation] = {}
     for r in recs:
         assert by_id.setdefault(r.rec_id, r) == r, "copies of one id differ"
-    cold = [r for r in request_recs if r.cause.id in facts["cold"]]  # type: ignore[operator]
+    stated = [r for r in request_recs if r.cause.id in facts["cold"]]  # type: ignore[operator]
+    cold, warmed = _split_by_state_at_decision(stated)
     assert cold and all(r.route == "llm_cold" for r in cold)
     rungs = Counter(r.rung for r in cold)
     assert rungs["llm"] + rungs["llm_cached"] == len({r.cause.id for r in cold}), [
         r.reason for r in cold
     ]
     assert all(r.rung in {"model", "popular", "fresh"} for r in request_recs if r not in cold)
+    assert all(r.route == "model" for r in warmed)
     assert {r.in_reply_to for r in replies} >= facts["chats"]  # type: ignore[operator]
     titles: dict[str, str] = facts["titles"]  # type: ignore[assignment]
     for e in explanations:
@@ -177,7 +229,8 @@ async def test_replay_with_cold_users_and_chat_loses_nothing_and_calls_the_llm_s
             f"{informativeness(evidence_aspects(e.evidence) for e in mine):.2f} aspects each"
         )
     print(
-        f"\n{events} stream events ({facts['requests']} requests, {len(cold)} cold with context, "
+        f"\n{events} stream events ({facts['requests']} requests, {len(stated)} with stated "
+        f"context: {len(cold)} cold at decision, {len(warmed)} warm by then; "
         f"{len(facts['chats'])} chat turns): LLM calls by role {dict(by_role)}; "  # type: ignore[arg-type]
         f"stream-caused {stream_calls} = {stream_calls / events:.2%} of events; "
         f"cold rungs {dict(rungs)}; recommendation tokens {tokens} "
@@ -201,9 +254,11 @@ async def test_llm_outage_every_request_and_chat_answered_by_a_lower_rung(
     request_recs = {r.cause.id: r for r in recs if r.cause.kind == "request"}
     assert len(request_recs) == facts["requests"]
     assert not any(r.llm.used for r in request_recs.values())
-    cold = [r for cid, r in request_recs.items() if cid in facts["cold"]]  # type: ignore[operator]
-    assert cold and all(r.rung in {"model", "popular", "fresh"} for r in cold)
+    stated = [r for cid, r in request_recs.items() if cid in facts["cold"]]  # type: ignore[operator]
+    cold, warmed = _split_by_state_at_decision(stated)
+    assert cold and all(r.rung in {"model", "popular", "fresh"} for r in stated)
     assert all("LLM" in (r.reason or "") for r in cold)
+    assert all(r.route == "model" for r in warmed)
     assert {r.in_reply_to for r in replies} >= facts["chats"]  # type: ignore[operator]
     assert all(e.source == "template" for e in explanations)
     # Receipt (requests role) to answer, as each answer records it: reported, not
@@ -216,7 +271,8 @@ async def test_llm_outage_every_request_and_chat_answered_by_a_lower_rung(
         f"{deadline_ms} ms deadline"
     )
     print(
-        f"\nLLM outage: {len(request_recs)} requests ({len(cold)} cold) and "
+        f"\nLLM outage: {len(request_recs)} requests ({len(cold)} cold at decision, "
+        f"{len(warmed)} warm by then) and "
         f"{len(facts['chats'])} chat turns all answered; rungs "  # type: ignore[arg-type]
         f"{dict(Counter(r.rung for r in cold))}; {len(llm_server.records)} failed LLM calls"
     )
