@@ -63,8 +63,12 @@ class ModelScorer(Resource):
     def _unit_vectors(self) -> npt.NDArray[np.float32]:
         """L2-normalised joint vectors (without the bias column), cached until items grow."""
         if self._unit is None or self._unit_rows != self._scorer.n_items + 1:
-            self._raw_ids = [self._scorer.raw_id(r) for r in range(self._scorer.n_items + 1)]
+            # Items are appended on the scorer's thread (vectors first, then ids), so
+            # the two may differ by a few rows here: keep the rows both have.
             vectors = self._scorer.item_vectors()
+            rows = min(vectors.shape[0], self._scorer.n_items + 1)
+            self._raw_ids = [self._scorer.raw_id(r) for r in range(rows)]
+            vectors = vectors[:rows]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             norms[norms == 0] = 1.0
             self._unit = (vectors / norms).astype(np.float32)
@@ -86,7 +90,14 @@ class ModelScorer(Resource):
         if not seed_lists or k <= 0:
             return [[] for _ in seed_lists]
         unit = self._unit_vectors()
-        row = self._scorer.row
+        known = unit.shape[0]
+
+        def row(item: str) -> int:
+            # An item added on the scorer's thread after ``unit`` was taken has a row
+            # past it: not a neighbour (nor an exclusion) yet; the next call has it.
+            r = self._scorer.row(item)
+            return r if r < known else 0
+
         seeds = [[r for r in (row(i) for i in items) if r] for items in seed_lists]
         queries = np.zeros((len(seeds), unit.shape[1]), dtype=np.float32)
         for u, rows in enumerate(seeds):

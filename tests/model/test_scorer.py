@@ -12,6 +12,7 @@ from tests.models import TinyModel
 from workers.errors import ConfigError, ModelError, ResourceClosedError
 from workers.model import ModelSettings, Scorer, load_manifest
 from workers.model.runtime import choose_providers
+from workers.scoring import ModelScorer
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
@@ -103,6 +104,31 @@ async def test_new_items_are_scoreable_from_text(tiny_model: TinyModel) -> None:
         assert scorer.n_items == before + 302 and many[-1] == before + 302
         emb = await scorer.encode_texts(["hello", "world"])
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+async def test_neighbours_survive_an_item_added_while_they_are_computed(
+    tiny_model: TinyModel,
+) -> None:
+    """The catalog role adds items on the scorer's thread while the requests role
+    computes joint-space neighbours on the loop: an item whose row appeared after the
+    vectors were taken must not break the call (it did: IndexError, and the whole
+    requests batch was dead-lettered in a CI run)."""
+    async with ModelScorer(tiny_model.settings()) as model:
+        inner = model._scorer
+        taken = model._unit_vectors
+
+        def vectors_then_an_item_arrives() -> np.ndarray:
+            unit = taken()
+            inner._add(["late"], ["A film added while the neighbours were computed."])
+            return unit
+
+        model._unit_vectors = vectors_then_an_item_arrives  # type: ignore[method-assign]
+        found = model.similar_many([["1", "2"], ["late"]], 10, [{"late", "3"}, set()])
+        assert len(found[0]) == 10 and not {"1", "2", "3", "late"} & set(found[0])
+        assert found[1] == []  # its only seed is not in the vectors taken
+        model._unit_vectors = taken  # type: ignore[method-assign]
+        again = model.similar_many([["late"]], 10, [set()])
+        assert len(again[0]) == 10 and "late" not in again[0]
 
 
 async def test_item_added_at_run_time_scores_like_a_cold_item(tiny_model: TinyModel) -> None:
