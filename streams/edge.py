@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -37,12 +37,17 @@ from streams.metrics import METRICS
 from workers.roles import Role, consumer_group
 from workers.settings import Settings
 
-if TYPE_CHECKING:
-    from streams.app import BatchProcessor
-
 __all__ = ["BatchEdge"]
 
 logger = logging.getLogger(__name__)
+
+
+class Processor(Protocol):
+    """What the edge hands a batch to (streams.app.BatchProcessor): decode, state
+    write, sends acked; returns once the batch may be committed."""
+
+    async def process(self, role: Role, records: Sequence[Any]) -> None: ...
+
 
 # A stop waits this long for the batch in hand (a Redis outage can hold it in
 # its retry loop); after that it stops without committing (the records are
@@ -70,7 +75,7 @@ class BatchEdge:
         self,
         settings: Settings,
         role: Role,
-        processor: Callable[[], Awaitable[BatchProcessor]],
+        processor: Callable[[], Awaitable[Processor]],
     ) -> None:
         self.settings = settings
         self.role = role
@@ -129,7 +134,10 @@ class BatchEdge:
                 fetched = await consumer.getmany(
                     timeout_ms=stream.batch_within_ms, max_records=stream.batch_max
                 )
-                self._record_lag(consumer, fetched)
+                # Per partition, the offset after the batch's last record.
+                ends = {tp: batch[-1].offset + 1 for tp, batch in fetched.items()}
+                self._next_offset.update(ends)
+                self._record_lag(consumer)
                 if not fetched:
                     continue
                 async with self.batch_lock:
@@ -139,20 +147,16 @@ class BatchEdge:
                         await asyncio.shield(task)
                     except asyncio.CancelledError:
                         await asyncio.wait_for(task, timeout=_STOP_GRACE_S)
-                        await self._commit(consumer, fetched)
+                        await self._commit(consumer, ends)
                         raise
-                    await self._commit(consumer, fetched)
+                    await self._commit(consumer, ends)
         finally:
             self._consumer = None
             await consumer.stop()  # leaves the group: its partitions move at once
 
-    async def _commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        fetched: dict[TopicPartition, list],  # type: ignore[type-arg]
-    ) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
         assigned = consumer.assignment()
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if tp in assigned}
+        offsets = {tp: end for tp, end in ends.items() if tp in assigned}
         if not offsets:
             return
         try:
@@ -162,15 +166,9 @@ class BatchEdge:
             # consumer after the rejoin, re-reads from the last committed offset.
             logger.warning("edge %s: commit of %s failed: %s", self.role.name, offsets, exc)
 
-    def _record_lag(
-        self,
-        consumer: AIOKafkaConsumer,
-        fetched: dict[TopicPartition, list],  # type: ignore[type-arg]
-    ) -> None:
+    def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Lag per assigned partition on every poll, so an idle consumer reports its
         true lag (0 when caught up), not the figure of its last batch."""
-        for tp, batch in fetched.items():
-            self._next_offset[tp] = batch[-1].offset + 1
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             position = self._next_offset.get(tp)
