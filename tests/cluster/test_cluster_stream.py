@@ -29,10 +29,9 @@ from contracts import (
     RecommendationRequest,
     topics,
 )
-from streams.kafka import KafkaProducerResource
 from streams.replay import ml100k_events, ml100k_folder, replay
 from tests.cluster.servers import RedisClusterServers
-from tests.streams.harness import WorkerProcess, collect, worker_env
+from tests.streams.harness import WorkerProcess, collect, send_requests, worker_env
 from tests.streams.test_end_to_end import _expected, _state_of, _wait_for_state
 from workers.catalog import CatalogStore
 from workers.resources import RedisResource
@@ -153,11 +152,7 @@ async def test_every_role_on_a_redis_cluster_loses_nothing_and_matches_offline_s
                 "catalog applied",
             )
         probes = [RecommendationRequest(f"probe-{u}", u, 10, _now()) for u in sorted(expected)]
-        async with KafkaProducerResource(settings.kafka) as producer:
-            for r in probes:
-                await producer.send(
-                    topics.REQUESTS, CODECS[topics.REQUESTS].encode(r), r.user_id.encode()
-                )
+        await send_requests(settings, probes)
         probed: list[Recommendation] = await collect(
             settings,
             topics.RECOMMENDATIONS,

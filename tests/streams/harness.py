@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from contracts import CODECS
-from streams.kafka import topic_reader
+from contracts import CODECS, RecommendationRequest, topics
+from streams.kafka import KafkaProducerResource, topic_reader
 from workers.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -141,3 +142,19 @@ async def collect(
     finally:
         await consumer.stop()
     return events
+
+
+async def send_requests(settings: Settings, requests: Iterable[RecommendationRequest]) -> None:
+    """Produce recommendation requests as a client would: keyed by user, acked."""
+    codec = CODECS[topics.REQUESTS]
+    async with KafkaProducerResource(settings.kafka) as producer:
+        for r in requests:
+            await producer.send(topics.REQUESTS, codec.encode(r), r.user_id.encode())
+
+
+def events_consumed(metrics: str, topic: str) -> int:
+    """A worker's ``recstream_events_in_total`` for one input topic, from /metrics."""
+    found = re.search(
+        rf'^recstream_events_in_total\{{topic="{topic}"\}} ([0-9.e+]+)$', metrics, re.M
+    )
+    return int(float(found.group(1))) if found else 0

@@ -10,7 +10,6 @@ committed after its batch's state write; nothing left behind).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from contracts import topics
 from streams.kafka import client_security, topic_reader
 from streams.replay import replay
-from tests.streams.harness import WorkerProcess, worker_env
+from tests.streams.harness import WorkerProcess, events_consumed, worker_env
 from tests.streams.test_end_to_end import _expected, _slice, _state_of, _wait_for_state
 from workers.roles import ROLES, consumer_group
 from workers.settings import Settings
@@ -29,13 +28,6 @@ from workers.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLICE = 1500
-
-
-def _consumed(metrics: str, topic: str) -> int:
-    found = re.search(
-        rf'^recstream_events_in_total\{{topic="{topic}"\}} ([0-9.e+]+)$', metrics, re.M
-    )
-    return int(float(found.group(1))) if found else 0
 
 
 async def test_interactions_alone_on_the_batch_edge_apply_once_and_commit_everything(
@@ -55,7 +47,7 @@ async def test_interactions_alone_on_the_batch_edge_apply_once_and_commit_everyt
         await replay(settings, limit=SLICE, request_every=0, progress=False)
         await _wait_for_state(settings, expected)
         assert await _state_of(settings, sorted(expected)) == expected
-        consumed = _consumed((await worker.get("/metrics")).text, topics.INTERACTIONS)
+        consumed = events_consumed((await worker.get("/metrics")).text, topics.INTERACTIONS)
     finally:
         assert worker.stop() == 0, worker.tail()
     assert consumed == n_interactions, "each interaction consumed once by the one process"

@@ -23,10 +23,9 @@ from contracts import (
     derive_id,
     topics,
 )
-from streams.kafka import KafkaProducerResource
 from streams.replay import ml100k_events, ml100k_folder, replay
 from tests.offline import recompute
-from tests.streams.harness import WorkerProcess, collect, worker_env
+from tests.streams.harness import WorkerProcess, collect, send_requests, worker_env
 from workers.resources import RedisResource
 from workers.settings import Settings
 from workers.state import UserState, UserStateStore
@@ -97,11 +96,7 @@ async def test_every_request_answered_once_with_valid_items(
         users = sorted(expected)
         now = int(time.time() * 1000)
         requests = [RecommendationRequest(f"q-{u}", u, 10, now) for u in users]
-        async with KafkaProducerResource(settings.kafka) as producer:
-            for r in requests:
-                await producer.send(
-                    topics.REQUESTS, CODECS[topics.REQUESTS].encode(r), r.user_id.encode()
-                )
+        await send_requests(settings, requests)
         recs = await collect(
             settings, topics.RECOMMENDATIONS, until=_answered({r.request_id for r in requests})
         )

@@ -12,7 +12,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import (
-    CODECS,
     ChatMessage,
     ChatReply,
     Explanation,
@@ -21,9 +20,8 @@ from contracts import (
     RecommendationRequest,
     topics,
 )
-from streams.kafka import KafkaProducerResource
 from streams.replay import ml100k_events, ml100k_folder, replay
-from tests.streams.harness import WorkerProcess, collect, worker_env
+from tests.streams.harness import WorkerProcess, collect, send_requests, worker_env
 from workers.explain import check_grounding
 from workers.quality import evidence_aspects, explanation_relevance, informativeness
 from workers.settings import Settings
@@ -84,12 +82,13 @@ async def _run(
         await worker.wait_ready()
         stats = await replay(settings, limit=LIMIT, cold_share=0.1, chat_share=0.02, progress=False)
         now_ms = int(time.time() * 1000)
-        async with KafkaProducerResource(settings.kafka) as producer:
-            for user, query in zip(newcomers, NEWCOMER_QUERIES, strict=True):
-                ask = RecommendationRequest(user, user, 10, now_ms, context={"query": query})
-                await producer.send(
-                    topics.REQUESTS, CODECS[topics.REQUESTS].encode(ask), user.encode()
-                )
+        await send_requests(
+            settings,
+            (
+                RecommendationRequest(user, user, 10, now_ms, context={"query": query})
+                for user, query in zip(newcomers, NEWCOMER_QUERIES, strict=True)
+            ),
+        )
 
         def answered(recs: list[Recommendation]) -> bool:
             return requests <= {r.cause.id for r in recs if r.cause.kind == "request"}

@@ -11,7 +11,6 @@ not.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,9 +20,9 @@ import redis.asyncio as aioredis
 from aiokafka.partitioner import DefaultPartitioner
 
 from contracts import CODECS, Recommendation, RecommendationRequest, derive_id, topics
-from streams.kafka import KafkaProducerResource, ensure_topics
+from streams.kafka import ensure_topics
 from streams.replay import replay
-from tests.streams.harness import WorkerProcess, collect, worker_env
+from tests.streams.harness import WorkerProcess, collect, events_consumed, send_requests, worker_env
 from tests.streams.test_end_to_end import _expected, _slice, _state_of, _wait_for_state
 from workers.settings import Settings
 
@@ -32,18 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PARTITIONS = 6
 ROLES = ["interactions", "catalog", "requests"]
 SLICE = 1500
-
-
-def _requests_consumed(metrics: str) -> int:
-    found = re.search(r'^recstream_events_in_total\{topic="requests"\} ([0-9.e+]+)$', metrics, re.M)
-    return int(float(found.group(1))) if found else 0
-
-
-async def _send(settings: Settings, requests: list[RecommendationRequest]) -> None:
-    codec = CODECS[topics.REQUESTS]
-    async with KafkaProducerResource(settings.kafka) as producer:
-        for r in requests:
-            await producer.send(topics.REQUESTS, codec.encode(r), r.user_id.encode())
 
 
 async def test_two_processes_share_partitions_and_answer_every_request_once_through_a_rebalance(
@@ -83,25 +70,25 @@ async def test_two_processes_share_partitions_and_answer_every_request_once_thro
         await b.wait_ready(timeout=180)  # ready = B holds partitions: the group has two members
         await replay(settings, limit=SLICE, request_every=0, progress=False)
         await _wait_for_state(settings, expected, timeout=300)
-        await _send(settings, first)
+        await send_requests(settings, first)
         await collect(
             settings,
             topics.RECOMMENDATIONS,
             until=lambda rs: {r.request_id for r in first} <= {x.cause.id for x in rs},
             timeout=300,
         )
-        a_consumed = _requests_consumed((await a.get("/metrics")).text)
-        b_first = _requests_consumed((await b.get("/metrics")).text)
-        await _send(settings, during)
+        a_consumed = events_consumed((await a.get("/metrics")).text, topics.REQUESTS)
+        b_first = events_consumed((await b.get("/metrics")).text, topics.REQUESTS)
+        await send_requests(settings, during)
         a_exit = a.stop(timeout=90)  # SIGTERM: A finishes its batch in hand and leaves the group
-        await _send(settings, after)
+        await send_requests(settings, after)
         recs: list[Recommendation] = await collect(
             settings,
             topics.RECOMMENDATIONS,
             until=lambda rs: wanted <= {x.cause.id for x in rs if x.cause.kind == "request"},
             timeout=400,
         )
-        b_consumed = _requests_consumed((await b.get("/metrics")).text)
+        b_consumed = events_consumed((await b.get("/metrics")).text, topics.REQUESTS)
         state = await _state_of(settings, users)
         assert b.alive(), b.tail()
     finally:
