@@ -122,6 +122,14 @@ async def apply_rate(settings: Settings, events: list[Any]) -> float:
         return len(rest) / (time.perf_counter() - started)
 
 
+async def drain_rate(settings: Settings, users: list[str], n: int) -> float:
+    """Events/s of a running worker until Redis (``settings``' keys) holds all ``n``."""
+    started = time.perf_counter()
+    while await _applied(settings, users) < n:
+        await asyncio.sleep(0.05)
+    return n / (time.perf_counter() - started)
+
+
 async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[str, Any]:
     settings = _settings("c")
     await ensure_topics(settings.kafka)
@@ -153,10 +161,7 @@ async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        started = time.perf_counter()
-        while await _applied(settings, users) < n:
-            await asyncio.sleep(0.05)
-        out["worker_eps"] = n / (time.perf_counter() - started)
+        out["worker_eps"] = await drain_rate(settings, users, n)
         if sampler is not None:
             sampler.wait(timeout=profile_s + 30)
     out["ratio"] = out["worker_eps"] / out["ceiling_eps"]
@@ -173,10 +178,7 @@ async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[
         RECSTREAM_TRIGGER_KINDS="skip",
         RECSTREAM_BATCH_EDGE_ROLES="",
     ):
-        started = time.perf_counter()
-        while await _applied(faust_settings, users) < n:
-            await asyncio.sleep(0.05)
-        out["worker_faust_eps"] = n / (time.perf_counter() - started)
+        out["worker_faust_eps"] = await drain_rate(faust_settings, users, n)
     out["ratio_faust"] = out["worker_faust_eps"] / out["ceiling_eps"]
     out["load_after"] = os.getloadavg()
     if spy_ok and raw_profile.exists():
