@@ -46,7 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_streams import Worker, _applied, _interactions, _produce, _settings, raw_consume_rate
+from bench_streams import Worker, _interactions, _produce, _settings, raw_consume_rate, wait_applied
 
 from contracts import CODECS, topics
 from streams.kafka import ensure_topics
@@ -124,10 +124,7 @@ async def apply_rate(settings: Settings, events: list[Any]) -> float:
 
 async def drain_rate(settings: Settings, users: list[str], n: int) -> float:
     """Events/s of a running worker until Redis (``settings``' keys) holds all ``n``."""
-    started = time.perf_counter()
-    while await _applied(settings, users) < n:
-        await asyncio.sleep(0.05)
-    return n / (time.perf_counter() - started)
+    return n / await wait_applied(settings, users, n)
 
 
 async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[str, Any]:

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_streams import (
     Worker,
-    _applied,
     _count_outputs,
     _interactions,
     _produce,
     _settings,
     naive_requests,
+    wait_applied,
 )
 
 from contracts import CODECS, RecommendationRequest, topics
@@ -168,8 +168,7 @@ async def run(events: int, backlog: int, rates: list[float], seconds: float) -> 
         Worker(settings, "catalog", 6195),
         Worker(settings, "interactions", 6196, RECSTREAM_TRIGGER_KINDS="skip"),
     ):
-        while await _applied(settings, users) < len(evs):
-            await asyncio.sleep(0.2)
+        await wait_applied(settings, users, len(evs), poll=0.2)
     rcodec = CODECS[topics.REQUESTS]
     rng = np.random.default_rng(0)
     batch = [

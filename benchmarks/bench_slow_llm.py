@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_streams import Worker, _applied, _produce, _settings
+from bench_streams import Worker, _produce, _settings, wait_applied
 
 from contracts import CODECS, ChatMessage, Recommendation, topics
 from streams.kafka import ensure_topics, topic_reader
@@ -78,15 +78,11 @@ async def _phase(n: int, llm_url: str | None, port: int) -> dict[str, Any]:
     worker.log = settings.home / "logs" / f"bench-slow-llm-{'b' if llm_url else 'a'}.log"
     async with worker:
         warm_users, warm_n = _users(warm)
-        while await _applied(settings, warm_users) < warm_n:
-            await asyncio.sleep(0.1)
+        await wait_applied(settings, warm_users, warm_n, poll=0.1)
         await asyncio.sleep(5)  # let the catalog embedding and first lists settle
         all_users, all_n = _users(records)
         await _send(settings, timed)
-        started = time.perf_counter()
-        while await _applied(settings, all_users) < all_n:
-            await asyncio.sleep(0.05)
-        eps = (all_n - warm_n) / (time.perf_counter() - started)
+        eps = (all_n - warm_n) / await wait_applied(settings, all_users, all_n)
         cold = {
             CODECS[topics.REQUESTS].decode(v).request_id
             for t, _, v in records

@@ -190,14 +190,23 @@ class Worker(Resource):
         self.proc.wait(10)
 
 
-async def _applied(settings: Settings, users: list[str]) -> int:
-    async with (
-        RedisResource(settings.redis) as redis,
-        redis.client.pipeline(transaction=False) as pipe,
-    ):
-        for u in users:
-            pipe.hget(redis.key("u", "{" + u + "}", "c"), "n")
-        return sum(int(v or 0) for v in await pipe.execute())
+async def wait_applied(
+    settings: Settings, users: list[str], n: int, *, poll: float = 0.05
+) -> float:
+    """Seconds until Redis holds ``n`` applied events for ``users``.
+
+    One connection for the whole wait: a connection per poll put its set-up
+    cost inside the timed loops."""
+    async with RedisResource(settings.redis) as redis:
+        keys = [redis.key("u", "{" + u + "}", "c") for u in users]
+        started = time.perf_counter()
+        while True:
+            async with redis.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, "n")
+                if sum(int(v or 0) for v in await pipe.execute()) >= n:
+                    return time.perf_counter() - started
+            await asyncio.sleep(poll)
 
 
 async def bench_state(n: int) -> dict[str, Any]:
@@ -212,10 +221,7 @@ async def bench_state(n: int) -> dict[str, Any]:
     raw = max([await raw_consume_rate(settings, topics.INTERACTIONS, n) for _ in range(2)])
     # Triggers off: (a) measures the state path alone ("skip" never occurs here).
     async with Worker(settings, "interactions", 6190, RECSTREAM_TRIGGER_KINDS="skip"):
-        started = time.perf_counter()
-        while await _applied(settings, users) < n:
-            await asyncio.sleep(0.05)
-        ours = n / (time.perf_counter() - started)
+        ours = n / await wait_applied(settings, users, n)
     naive_n = min(n, 10_000)
     naive = await naive_state_rate(settings, topics.INTERACTIONS, naive_n)
     return {
@@ -247,8 +253,7 @@ async def bench_requests(n: int, fixed_rate: float, latency_requests: int) -> di
         Worker(settings, "catalog", 6191),
         Worker(settings, "interactions", 6192, RECSTREAM_TRIGGER_KINDS="skip"),
     ):
-        while await _applied(settings, users) < len(events):
-            await asyncio.sleep(0.2)
+        await wait_applied(settings, users, len(events), poll=0.2)
     rcodec = CODECS[topics.REQUESTS]
     rng = np.random.default_rng(0)
     batch = [
