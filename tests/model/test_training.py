@@ -57,10 +57,13 @@ def test_evaluation_prints_protocol_with_every_table(tiny_model: TinyModel) -> N
     # validation; the exported model carries exactly the fitted pair, and the
     # report has the previous rule (one offset, scale 1) as an ablation row.
     cal = report["training"]["calibration"]
-    assert cal["cold_scale"] in (0.5, 0.75, 1.0)
+    assert cal["cold_scale"] in (0.25, 0.35, 0.5, 0.75, 1.0)
     fusion = tiny_model.manifest["fusion"]
     assert (fusion["cold"], fusion["cold_scale"]) == (cal["cold"], cal["cold_scale"])
     assert "A-LLMRec one offset" in report["results"]["mixed"]
+    # Every learned model was refit on the validation items after early stopping.
+    for name in ("sasrec", "content", "bpr"):
+        assert report["training"][name]["refit"]["epochs"] == 3, name
 
 
 _WINDOWS_CHECK = """
@@ -75,10 +78,31 @@ print("ok")
 """
 
 
-def test_training_windows_make_every_interaction_a_target() -> None:
+_REFIT_CHECK = """
+from workers.training.data import synthetic_dataset
+from workers.training.train import TrainConfig, _bpr_pairs, _training_windows, _user_sequences
+data = synthetic_dataset(seed=42)
+cfg = TrainConfig.tiny()
+_, early = _training_windows(cfg, data)
+_, refit = _training_windows(cfg, data, with_valid=True)
+n_valid = int((data.valid > 0).sum())
+assert n_valid > 0
+# The refit adds exactly one target per user, the validation item ...
+assert int((refit > 0).sum()) == int((early > 0).sum()) + n_valid
+assert len(_bpr_pairs(data, with_valid=True)) == len(_bpr_pairs(data)) + n_valid
+for u, seq in enumerate(_user_sequences(data, with_valid=True)):
+    if data.valid[u] > 0:
+        assert seq[:-1] == data.train_seqs[u] and seq[-1] == data.valid[u]
+    # ... and never the test item.
+    assert data.test[u] not in seq[len(data.train_seqs[u]):]
+print("ok")
+"""
+
+
+def _check(script: str) -> None:
     python = REPO_ROOT / ".venv-train" / "bin" / "python"
     proc = subprocess.run(
-        [str(python), "-c", _WINDOWS_CHECK],
+        [str(python), "-c", script],
         cwd=REPO_ROOT,
         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -87,3 +111,11 @@ def test_training_windows_make_every_interaction_a_target() -> None:
         check=False,
     )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_training_windows_make_every_interaction_a_target() -> None:
+    _check(_WINDOWS_CHECK)
+
+
+def test_refit_adds_the_validation_items_and_never_the_test_items() -> None:
+    _check(_REFIT_CHECK)

@@ -255,9 +255,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             "A-LLMRec = content-aware SASRec (item = ID embedding + projected text; cold items "
             f"text-only), text-only items scored {cal.get('cold_scale', 1.0)} x <u, v> + "
-            f"{cal['cold']} (fitted on validation: cold share of the top 10 "
-            f"{cal.get('val_cold_share@10', 0):.3f} against {cal.get('target_cold_share', 0):.3f} "
-            "of interactions, the best validation mixed NDCG@10 within "
+            f"{cal['cold']} (fitted without test data: cold share of the served top 10s "
+            f"{cal.get('served_cold_share@10', cal.get('val_cold_share@10', 0)):.3f} against "
+            f"{cal.get('target_cold_share', 0):.3f} "
+            "of interactions, the best expected NDCG@10 of the next warm item within "
             f"{cal.get('band', 0.0):.3f} of it). Ablations: '-calibration' = scale 1, offset 0; "
             "'one offset' = scale 1, the offset closest to the interaction share; "
             "'+pop prior' = 0.2 x log(1 + count) on warm items "
