@@ -268,7 +268,7 @@ class TextToJoint(nn.Module):
     sequence encoder reads when the item appears in a history (``item_input``)
     and, scaled, what it is scored with (``item_joint = [scale * v, prior]``).
     ``scale`` and ``prior`` are the text-only items' scale and offset
-    calibrated on validation (see ``fit_calibration``); warm items' rows are
+    calibrated after training (see ``fit_calibration``); warm items' rows are
     ``[v, popularity prior]`` instead.
     """
 

@@ -3,11 +3,13 @@ A-LLMRec stage 1 on MovieLens-100k.
 
 The served model is :class:`~workers.training.models.ContentSASRec` (item
 vector = ID embedding + projected text, IDs dropped at random in training,
-cold items text-only), with a per-item prior column calibrated on
-validation. Stage 1 is trained against it for the joint space. SASRec and
-BPR-MF are the baselines. Every sequence model trains on windows of
-``max_len + 1`` items ending at n, n - max_len, ..., so every interaction
-of the training part is a target.
+cold items text-only), with a per-item prior column calibrated on the
+lists it serves (``fit_calibration``). Stage 1 is trained against it for
+the joint space. SASRec and BPR-MF are the baselines. Every sequence model
+trains on windows of ``max_len + 1`` items ending at n, n - max_len, ...,
+so every interaction of the training part is a target; every learned model
+is early-stopped on validation, then refit on the validation items
+(``refit_epochs``).
 
 Writes a run folder ``<home>/runs/<version>/`` with ``checkpoint.pt`` (all
 weights, the text embeddings and the split's cold items), ``config.json``,
@@ -87,8 +89,8 @@ class TrainConfig:
     s1_lr: float = 3e-3
     s1_epochs: int = 30
     s1_batch: int = 128
-    # Calibration of text-only items (fit_calibration): the validation cold
-    # share of the mixed top 10 must lie within this of the interaction share.
+    # Calibration of text-only items (fit_calibration): the cold share of the
+    # served top 10s must lie within this of the interaction share.
     cold_band: float = 0.035
 
     @classmethod
@@ -123,7 +125,7 @@ class Trained:
     history: dict[str, Any]
     # How the served scores treat items: pop * log(1 + count) prior for warm
     # items; text-only items (cold, or added at run time) are scored
-    # cold_scale * <u, v> + cold. Chosen on validation (fit_calibration).
+    # cold_scale * <u, v> + cold. Chosen without test data (fit_calibration).
     fusion: dict[str, float] = field(
         default_factory=lambda: {"pop": 0.0, "cold": 0.0, "cold_scale": 1.0}
     )
