@@ -122,11 +122,6 @@ async def apply_rate(settings: Settings, events: list[Any]) -> float:
         return len(rest) / (time.perf_counter() - started)
 
 
-async def drain_rate(settings: Settings, users: list[str], n: int) -> float:
-    """Events/s of a running worker until Redis (``settings``' keys) holds all ``n``."""
-    return n / await wait_applied(settings, users, n)
-
-
 async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[str, Any]:
     settings = _settings("c")
     await ensure_topics(settings.kafka)
@@ -158,7 +153,7 @@ async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        out["worker_eps"] = await drain_rate(settings, users, n)
+        out["worker_eps"] = n / await wait_applied(settings, users, n)
         if sampler is not None:
             sampler.wait(timeout=profile_s + 30)
     out["ratio"] = out["worker_eps"] / out["ceiling_eps"]
@@ -175,7 +170,7 @@ async def run(n: int, profile_s: float, spy: str | None, workdir: Path) -> dict[
         RECSTREAM_TRIGGER_KINDS="skip",
         RECSTREAM_BATCH_EDGE_ROLES="",
     ):
-        out["worker_faust_eps"] = await drain_rate(faust_settings, users, n)
+        out["worker_faust_eps"] = n / await wait_applied(faust_settings, users, n)
     out["ratio_faust"] = out["worker_faust_eps"] / out["ceiling_eps"]
     out["load_after"] = os.getloadavg()
     if spy_ok and raw_profile.exists():

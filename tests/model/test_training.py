@@ -53,8 +53,8 @@ def test_evaluation_prints_protocol_with_every_table(tiny_model: TinyModel) -> N
     assert 0.0 < report["results"]["mixed"]["A-LLMRec"]["cold@10"] < 0.6
     assert report["split"]["split_seed"] == 42
     assert report["split"]["cold_interaction_share"] > 0.0
-    # Text-only items are scored cold_scale * <u, v> + cold, fitted on
-    # validation; the exported model carries exactly the fitted pair, and the
+    # Text-only items are scored cold_scale * <u, v> + cold, fitted after
+    # training without test data; the exported model carries exactly the fitted pair, and the
     # report has the previous rule (one offset, scale 1) as an ablation row.
     cal = report["training"]["calibration"]
     assert cal["cold_scale"] in (0.25, 0.35, 0.5, 0.75, 1.0)

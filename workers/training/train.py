@@ -519,23 +519,27 @@ def fit_calibration(
     target = data.cold_interaction_share
     if not bool(is_cold.any()):
         return {"pop": 0.0, "cold": 0.0, "cold_scale": 1.0}
-    next_warm = served.masked_fill(is_cold, -torch.inf).softmax(dim=1)
+    warm_scores = served.masked_fill(is_cold, -torch.inf)
+    next_warm = warm_scores.softmax(dim=1)
     discount = 1.0 / torch.log2(torch.arange(10, dtype=torch.float32) + 2.0)
 
-    def top10(scale: float, cold: float) -> torch.Tensor:
-        return torch.where(is_cold, scale * served + cold, served).topk(10, dim=1).indices
+    def expected_ndcg(top: torch.Tensor) -> float:
+        return float((next_warm.gather(1, top) * discount).sum(1).mean())
 
-    grid = {(a, c): top10(a, c) for a in COLD_SCALES for c in COLD_GRID}
-    shares = {p: float(is_cold[top].float().mean()) for p, top in grid.items()}
+    shares: dict[tuple[float, float], float] = {}
+    expected: dict[tuple[float, float], float] = {}  # in the band only
+    for point in ((a, c) for a in COLD_SCALES for c in COLD_GRID):
+        scale, cold = point
+        top = torch.where(is_cold, scale * served + cold, served).topk(10, dim=1).indices
+        shares[point] = float(is_cold[top].float().mean())
+        if abs(shares[point] - target) <= cfg.cold_band:
+            expected[point] = expected_ndcg(top)
     one_offset = min(COLD_GRID, key=lambda c: (abs(shares[1.0, c] - target), abs(c)))
-    in_band = [p for p, share in shares.items() if abs(share - target) <= cfg.cold_band]
-    expected = {p: float((next_warm.gather(1, grid[p]) * discount).sum(1).mean()) for p in in_band}
     if expected:
-        scale, cold = max(in_band, key=lambda p: (expected[p], -abs(shares[p] - target)))
+        scale, cold = max(expected, key=lambda p: (expected[p], -abs(shares[p] - target)))
     else:
         scale, cold = min(shares, key=lambda p: (abs(shares[p] - target), abs(p[1])))
-    warm_top = served.masked_fill(is_cold, -torch.inf).topk(10, dim=1).indices
-    warm_only = float((next_warm.gather(1, warm_top) * discount).sum(1).mean())
+    warm_only = expected_ndcg(warm_scores.topk(10, dim=1).indices)
     hist["calibration"] = {
         "pop": 0.0,
         "cold": cold,
