@@ -144,6 +144,10 @@ async def test_item_added_at_run_time_scores_like_a_cold_item(tiny_model: TinyMo
         rows = await scorer.add_items([f"copy-{i}" for i in cold], texts)
         vectors = scorer.item_vectors()
         np.testing.assert_allclose(vectors[rows], vectors[trained_rows], atol=1e-3)
+        # Neighbour searches compare the columns that carry text only (the
+        # pair's content half), and a free text lands where its item does.
+        assert vectors.shape[1] == tiny_model.manifest["shapes"]["similarity_dim"]
+        np.testing.assert_allclose(await scorer.joint_from_texts(texts), vectors[rows], atol=1e-5)
         hist = scorer.histories([["3", "4", "5"]] * len(cold))
         cands = np.stack([np.asarray(trained_rows), rows], axis=1)
         scores = await scorer.score(hist, cands)

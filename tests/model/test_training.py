@@ -64,6 +64,17 @@ def test_evaluation_prints_protocol_with_every_table(tiny_model: TinyModel) -> N
     # Every learned model was refit on the validation items after early stopping.
     for name in ("sasrec", "content", "bpr"):
         assert report["training"][name]["refit"]["epochs"] == 3, name
+    # The sequence models keep the mean of their last refit weights.
+    for name in ("sasrec", "content"):
+        assert report["training"][name]["refit"]["averaged_epochs"] == 2, name
+    # The full recipe serves the content model and the SASRec as one model;
+    # the report shows the content half alone, and neighbour searches use
+    # the content half's columns only.
+    assert report["training"]["served"] == "SASRecPair"
+    assert "A-LLMRec content alone" in report["results"]["full"]
+    shapes = tiny_model.manifest["shapes"]
+    assert shapes["similarity_dim"] == tiny_model.manifest["training_config"]["dim"]
+    assert shapes["dim"] == 2 * shapes["similarity_dim"]  # both halves are dim wide
 
 
 _WINDOWS_CHECK = """
@@ -99,6 +110,38 @@ print("ok")
 """
 
 
+_PAIR_CHECK = """
+import torch
+from workers.training.data import synthetic_dataset
+from workers.training.models import SASRec, SASRecPair
+from workers.training.train import TrainConfig, _content_model, left_pad
+torch.manual_seed(0)
+data = synthetic_dataset(seed=42)
+cfg = TrainConfig.tiny()
+text = torch.randn(data.n_items + 1, 384)
+content = _content_model(cfg, data, text).eval()
+sasrec = SASRec(data.n_items, 16, cfg.max_len).eval()  # halves may differ in width
+pair = SASRecPair(content, sasrec).eval()
+hist = left_pad([[1, 2, 3], [5, 9, 4, 7, 8]], cfg.max_len)
+with torch.no_grad():
+    table = pair.table()
+    got = pair.user(hist) @ table.T
+    want = 0.5 * (content.user(hist) @ content.table().T) + 0.5 * (
+        sasrec.user(hist) @ sasrec.item_emb.weight.T
+    ) * torch.from_numpy(data.warm_mask).float()
+    assert table.shape == (data.n_items + 1, cfg.dim + 16), table.shape
+    # One dot product over the concatenated halves = the mean of the two scores ...
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    # ... and an item without a trained ID (cold, or added from text) is its
+    # text alone: a zero ID half, the content half's text vector.
+    cold = int(data.cold_items[0])
+    assert torch.equal(table[cold, cfg.dim:], torch.zeros(16))
+    assert torch.allclose(pair.text_vectors(text[cold : cold + 1])[0], table[cold], atol=1e-5)
+    assert pair.similarity_dim == cfg.dim
+print("ok")
+"""
+
+
 def _check(script: str) -> None:
     python = REPO_ROOT / ".venv-train" / "bin" / "python"
     proc = subprocess.run(
@@ -119,3 +162,7 @@ def test_training_windows_make_every_interaction_a_target() -> None:
 
 def test_refit_adds_the_validation_items_and_never_the_test_items() -> None:
     _check(_REFIT_CHECK)
+
+
+def test_the_pair_scores_the_mean_of_its_halves_and_text_only_items_by_text() -> None:
+    _check(_PAIR_CHECK)

@@ -38,6 +38,9 @@ class ModelManifest:
     data_hash: str
     max_len: int
     dim: int
+    # Leading columns of the item rows that neighbour searches compare: the
+    # ones that carry text (the pair's content half; all of them otherwise).
+    similarity_dim: int
     text_dim: int
     max_tokens: int
     files: dict[str, Path]
@@ -74,6 +77,7 @@ def load_manifest(model_dir: Path) -> ModelManifest:
             data_hash=str(raw["data_hash"]),
             max_len=int(shapes["max_len"]),
             dim=int(shapes["dim"]),
+            similarity_dim=int(shapes.get("similarity_dim", shapes["dim"])),
             text_dim=int(shapes["text_dim"]),
             max_tokens=int(shapes["max_tokens"]),
             files=files,

@@ -8,13 +8,15 @@ Usage::
         scores = await scorer.score(hist, cand)                # float32 [B, C]
         await scorer.add_items(["new-1"], ["A film (2026). Genres: Drama."])
 
-How a score is computed (see docs/model.md): the content-aware SASRec reads
-the history rows of ``item_input`` and yields a user vector ``u`` (d values);
-the candidate's row ``j`` of ``item_joint`` (d + 1 values) gives
-``score = <u, j[:d]> + j[d]``. A trained item's row is its ID embedding plus
-its projected text; a cold item's, or one added here from its text, is the
-projected text alone with the offset fitted on validation in the last column,
-so new items compete with trained ones in the same ranking.
+How a score is computed (see docs/model.md): the served model (the
+content-aware SASRec and the ID-only SASRec as one model, or the content
+model alone) reads the history rows of ``item_input`` and yields a user
+vector ``u`` (d values); the candidate's row ``j`` of ``item_joint`` (d + 1
+values) gives ``score = <u, j[:d]> + j[d]``. A trained item's row is its ID
+embedding plus its projected text (then, in the pair, its SASRec ID
+embedding); a cold item's, or one added here from its text, is the projected
+text alone (a zero ID half) with the offset fitted without test data in the
+last column, so new items compete with trained ones in the same ranking.
 
 Inference and table updates run on one dedicated thread, off the event loop
 and serialised with each other, so a new item never races a batch. The
@@ -318,13 +320,15 @@ class Scorer(Resource):
         return result
 
     def item_vectors(self) -> FloatArray:
-        """A copy of the joint item vectors [rows, d] (bias column dropped; row 0 is padding).
+        """A copy of the joint item vectors [rows, s] (row 0 is padding): the
+        manifest's first ``similarity_dim`` columns, the ones that carry text
+        (the bias column and the pair's ID half dropped).
 
         For nearest-neighbour candidate generation in the joint space.
         """
-        self._require()
+        manifest = self._require()
         assert self._joint is not None
-        return self._joint.view[:, :-1].copy()
+        return self._joint.view[:, : manifest.similarity_dim].copy()
 
     async def encode_texts(self, texts: Sequence[str]) -> FloatArray:
         """MiniLM sentence embeddings [N, 384] through the ONNX text encoder."""
@@ -334,11 +338,12 @@ class Scorer(Resource):
     def _joint_from_texts(self, texts: list[str]) -> FloatArray:
         emb = self._encoder().encode(texts)
         _, joint = self._text_to_joint.run(None, {"text_embeddings": emb})
-        result: FloatArray = np.asarray(joint, dtype=np.float32)[:, :-1]
+        similarity_dim = self._require().similarity_dim
+        result: FloatArray = np.asarray(joint, dtype=np.float32)[:, :similarity_dim]
         return result
 
     async def joint_from_texts(self, texts: Sequence[str]) -> FloatArray:
-        """Joint-space vectors [N, d] of free texts (a chat query, a stated context),
+        """Joint-space vectors [N, s] of free texts (a chat query, a stated context),
         comparable with :meth:`item_vectors`; nothing is added to the item table."""
         result: FloatArray = await self._run(self._joint_from_texts, list(texts))
         return result

@@ -26,7 +26,8 @@ from workers.training.metrics import (
     evaluate_cases,
     popularity_percentile,
 )
-from workers.training.train import Trained, left_pad, load_run
+from workers.training.models import SASRecPair, ServedModel
+from workers.training.train import Trained, fit_calibration, left_pad, load_run
 
 __all__ = ["build_cases", "evaluate_run", "item_tables", "main", "print_report"]
 
@@ -101,22 +102,24 @@ def sampled_case(full: Case, candidates: np.ndarray) -> Case:
 
 @torch.no_grad()
 def item_tables(
-    trained: Trained, fusion: dict[str, float] | None = None
+    trained: Trained, fusion: dict[str, float] | None = None, model: ServedModel | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(item_input [N+1, d], item_joint [N+1, d+1]) as exported for the workers.
 
-    With ``v`` the content-aware model's item vector (ID embedding + W t + b
-    for a warm item, W t + b for a text-only one) and the prior weights
-    (pop, cold) chosen on validation:
+    With ``v`` the served model's item row (content model: ID embedding +
+    W t + b for a warm item, W t + b for a text-only one; the pair: that
+    followed by the SASRec ID embedding, zero for a text-only item) and the
+    prior weights (pop, cold) fitted without test data:
 
     - warm item: input = v; joint = [v, pop * log(1 + training count)]
     - cold item, or any item added at run time (text only):
       input = v = W t + b; joint = [cold_scale * v, cold]
     - row 0 (padding) is zero.
 
-    ``fusion`` overrides the trained weights (the report's ablation rows).
+    ``fusion`` and ``model`` override the trained ones (the report's ablation rows).
     """
-    data, model = trained.data, trained.model
+    data = trained.data
+    model = trained.model if model is None else model
     fusion = trained.fusion if fusion is None else fusion
     table = model.table()
     cold = torch.from_numpy(data.cold_items)
@@ -156,12 +159,13 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
 
         baselines["SASRec"] = sasrec
 
-    def served(fusion: dict[str, float]) -> ScoreFn:
-        item_input, item_joint = item_tables(trained, fusion)
+    def served(fusion: dict[str, float], model: ServedModel | None = None) -> ScoreFn:
+        scorer = trained.model if model is None else model
+        item_input, item_joint = item_tables(trained, fusion, scorer)
 
         @torch.no_grad()
         def score(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
-            u = trained.model.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
+            u = scorer.sequence(left_pad(list(hists), cfg.max_len), item_input)[:, -1, :]
             return (u @ item_joint[:, :-1].T + item_joint[:, -1]).numpy()
 
         return score
@@ -174,7 +178,7 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
 
         @torch.no_grad()
         def score(hists: Sequence[Sequence[int]], users: np.ndarray) -> np.ndarray:
-            u = trained.model.user(left_pad(list(hists), cfg.max_len))
+            u = trained.content.user(left_pad(list(hists), cfg.max_len))
             return (u @ joint.T).numpy()
 
         return score
@@ -193,6 +197,11 @@ def score_functions(trained: Trained) -> dict[str, ScoreFn]:
     ablations["A-LLMRec +pop prior"] = served(
         {**fusion, "pop": 0.2, "cold": fusion["cold"] + 0.2 * mean_logpop}
     )
+    if isinstance(trained.model, SASRecPair):
+        # What the ID half adds: the content half served alone, calibrated
+        # for itself the way ``recstream train`` calibrates the pair.
+        content_fusion = fit_calibration(cfg, data, trained.content, hist={})
+        ablations["A-LLMRec content alone"] = served(content_fusion, trained.content)
     return {
         "Popularity": popularity,
         **baselines,
@@ -252,9 +261,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"{split['test_users']} test users, {split['cold_test_users']} cold test users"
     )
     if cal:
+        pair = report.get("training", {}).get("served") == "SASRecPair"
         print(
             "A-LLMRec = content-aware SASRec (item = ID embedding + projected text; cold items "
-            f"text-only), text-only items scored {cal.get('cold_scale', 1.0)} x <u, v> + "
+            "text-only)"
+            + (" and ID-only SASRec as one model, scores averaged" if pair else "")
+            + f", text-only items scored {cal.get('cold_scale', 1.0)} x <u, v> + "
             f"{cal['cold']} (fitted without test data: cold share of the served top 10s "
             f"{cal.get('served_cold_share@10', cal.get('val_cold_share@10', 0)):.3f} against "
             f"{cal.get('target_cold_share', 0):.3f} "
@@ -262,8 +274,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"{cal.get('band', 0.0):.3f} of it). Ablations: '-calibration' = scale 1, offset 0; "
             "'one offset' = scale 1, the offset closest to the interaction share; "
             "'+pop prior' = 0.2 x log(1 + count) on warm items "
-            "(cold offset raised by the mean prior); 'stage-1 text path' = every item scored by "
-            "its stage-1 joint text embedding"
+            "(cold offset raised by the mean prior); "
+            + ("'content alone' = the content half, calibrated for itself; " if pair else "")
+            + "'stage-1 text path' = every item scored by its stage-1 joint text embedding"
         )
     for proto, models in report["results"].items():
         print(f"\n[{proto}] {report['protocols'][proto]}")

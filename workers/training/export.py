@@ -7,6 +7,8 @@ latest export)::
                          fusion weights, shapes, file names, parity results
     scorer.onnx          (histories [B,L], candidates [B,C], item_input [N,d],
                           item_joint [N,d+1]) -> scores [B,C]
+                         (d = 128 for the pair: content half, then ID half;
+                          64 for the content model alone)
     user_encoder.onnx    (histories [B,L], item_input [N,d]) -> user [B,d]
     text_to_joint.onnx   text_embeddings [N,384] -> (new_item_input [N,d],
                                                      new_item_joint [N,d+1])
@@ -40,7 +42,7 @@ from torch import nn
 
 from workers.training import DEFAULT_HOME
 from workers.training.evaluate import item_tables
-from workers.training.models import CandidateScorer, TextToJoint, UserEncoder
+from workers.training.models import CandidateScorer, SASRecPair, TextToJoint, UserEncoder
 from workers.training.text import MAX_TOKENS, MiniLMEncoder, load_tokenizer, model_path, tokenize
 from workers.training.train import Trained, load_run
 
@@ -101,7 +103,8 @@ def export_run(
     cfg = trained.config
     out_dir.mkdir(parents=True, exist_ok=True)
     item_input, item_joint = item_tables(trained)
-    n, d, length = item_input.shape[0], cfg.dim, cfg.max_len
+    n, d, length = item_input.shape[0], item_input.shape[1], cfg.max_len
+    pair = isinstance(trained.model, SASRecPair)
     gen = torch.Generator().manual_seed(0)
 
     def hist(b: int) -> torch.Tensor:
@@ -214,8 +217,9 @@ def export_run(
         "format": MANIFEST_FORMAT,
         "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": "A-LLMRec: content-aware SASRec (ID + projected text, ID dropout), "
-        "calibrated prior column; stage 1 joint space in the run checkpoint",
+        "model": "A-LLMRec: content-aware SASRec (ID + projected text, ID dropout)"
+        + (" and ID-only SASRec as one model (scores averaged)" if pair else "")
+        + ", calibrated prior column; stage 1 joint space in the run checkpoint",
         "data_hash": trained.data.data_hash,
         "cold_items": [trained.data.item_raw_ids[i - 1] for i in trained.data.cold_items],
         "training_config": vars(cfg) | {},
@@ -226,6 +230,9 @@ def export_run(
             "max_len": length,
             "dim": d,
             "joint_cols": d + 1,
+            # Item-to-item and text-to-item neighbours use the first columns
+            # only: the ones that carry text (the pair's content half).
+            "similarity_dim": trained.content.dim,
             "items": n,
             "text_dim": text_dim,
             "max_tokens": MAX_TOKENS,

@@ -22,6 +22,8 @@ __all__ = [
     "CandidateScorer",
     "ContentSASRec",
     "SASRec",
+    "SASRecPair",
+    "ServedModel",
     "TextToJoint",
     "UserEncoder",
 ]
@@ -162,6 +164,67 @@ class ContentSASRec(SASRec):
         return self.sequence(hist, self.table())
 
 
+class SASRecPair(nn.Module):
+    """The served model of the full recipe: the content-aware SASRec and the
+    ID-only SASRec as one model whose score is the mean of theirs.
+
+    ``score(u, i) = 0.5 <u_content, v_content(i)> + 0.5 <u_id, e_id(i)>``, as
+    one dot product over concatenated halves: an item row is
+    ``[v_content(i), e_id(i)]`` and the user vector is
+    ``[0.5 u_content, 0.5 u_id]``. Each half reads its own half of the table
+    when it encodes a history. The ID half of a text-only item (cold, or
+    added at run time) is zero, so it is scored by its text alone, on the
+    scale of the content half. Two models trained apart from different
+    initialisations make different errors; their mean ranks better than
+    either (docs/model.md, table (a)), and the ID model, trained where text
+    can never stand in, is the sharper on warm items.
+
+    The first ``content.dim`` columns are the ones that carry text: the
+    joint-space neighbours (items, chat queries) are taken over those only
+    (``similarity_dim``).
+    """
+
+    def __init__(self, content: ContentSASRec, collaborative: SASRec) -> None:
+        super().__init__()
+        if content.max_len != collaborative.max_len:
+            raise ValueError("the two halves must read histories of the same length")
+        self.content, self.collaborative = content, collaborative
+        self.max_len = content.max_len
+        self.dim = content.dim + collaborative.dim
+        self.similarity_dim = content.dim
+
+    def text_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Text-only item rows: the content half's vector, a zero ID half."""
+        v = self.content.text_vectors(text)
+        return torch.cat([v, v.new_zeros(v.shape[0], self.collaborative.dim)], dim=1)
+
+    def table(self) -> torch.Tensor:
+        """Item rows [N + 1, d_content + d_id]; items without a trained ID get a zero ID half."""
+        ids = self.collaborative.item_emb.weight * self.content.id_mask.unsqueeze(1)
+        return torch.cat([self.content.table(), ids], dim=1)
+
+    def sequence(self, hist: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        d = self.content.dim
+        return torch.cat(
+            [
+                0.5 * self.content.sequence(hist, table[:, :d]),
+                0.5 * self.collaborative.sequence(hist, table[:, d:]),
+            ],
+            dim=-1,
+        )
+
+    def forward(self, hist: torch.Tensor) -> torch.Tensor:
+        return self.sequence(hist, self.table())
+
+    def user(self, hist: torch.Tensor) -> torch.Tensor:
+        return self.forward(hist)[:, -1, :]
+
+
+ServedModel = ContentSASRec | SASRecPair
+"""What ``recstream train`` serves: the pair (full recipe) or the content
+model alone (``--no-eval``, ``--set serve_pair=false``)."""
+
+
 class BPRMF(nn.Module):
     """Matrix factorisation trained with the BPR pairwise loss (Rendle et al., 2009)."""
 
@@ -226,12 +289,13 @@ class ALLMRecStage1(nn.Module):
 class UserEncoder(nn.Module):
     """Exported: (histories [B, L] int64, item_input [N, d]) -> user vectors [B, d]."""
 
-    def __init__(self, sasrec: SASRec) -> None:
+    def __init__(self, model: SASRec | SASRecPair) -> None:
         super().__init__()
-        self.sasrec = sasrec
+        self.model = model
 
     def forward(self, histories: torch.Tensor, item_input: torch.Tensor) -> torch.Tensor:
-        return self.sasrec.sequence(histories, item_input)[:, -1, :]
+        out: torch.Tensor = self.model.sequence(histories, item_input)[:, -1, :]
+        return out
 
 
 class CandidateScorer(nn.Module):
@@ -243,9 +307,9 @@ class CandidateScorer(nn.Module):
     run time), whose vector columns are also scaled by the fitted scale.
     """
 
-    def __init__(self, sasrec: SASRec) -> None:
+    def __init__(self, model: SASRec | SASRecPair) -> None:
         super().__init__()
-        self.encoder = UserEncoder(sasrec)
+        self.encoder = UserEncoder(model)
 
     def forward(
         self,
@@ -264,7 +328,8 @@ class TextToJoint(nn.Module):
     """Exported: text embeddings [N, 384] -> (item_input [N, d], item_joint [N, d+1]).
 
     The rows a worker appends for a new item known only by its text: the
-    content-aware model's text-only vector ``v = W t + b`` is both what the
+    served model's text-only vector ``v`` (``W t + b``; for the pair, that
+    followed by a zero ID half) is both what the
     sequence encoder reads when the item appears in a history (``item_input``)
     and, scaled, what it is scored with (``item_joint = [scale * v, prior]``).
     ``scale`` and ``prior`` are the text-only items' scale and offset
@@ -272,13 +337,13 @@ class TextToJoint(nn.Module):
     ``[v, popularity prior]`` instead.
     """
 
-    def __init__(self, model: ContentSASRec, prior: float, scale: float = 1.0) -> None:
+    def __init__(self, model: ServedModel, prior: float, scale: float = 1.0) -> None:
         super().__init__()
-        self.proj = model.text_proj
+        self.model = model
         self.prior = float(prior)
         self.scale = float(scale)
 
     def forward(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.proj(text_embeddings)
+        v = self.model.text_vectors(text_embeddings)
         prior = torch.zeros_like(v[:, :1]) + self.prior
         return v, torch.cat([v * self.scale, prior], dim=1)
