@@ -71,7 +71,7 @@ async def test_new_catalog_item_is_recommended_then_deleted_never(
             rounds = 0
             while not reached and time.monotonic() - added < 60:
                 rounds += 1
-                recs = await probe(producer, f"probe{rounds}", 20)
+                recs = await probe(producer, f"probe{rounds}", 10)
                 reached = [r.user_id for r in recs if "new-1" in {i.item_id for i in r.items}]
             seen_after = time.monotonic() - added
             assert reached, "the new item never reached any user"
@@ -85,7 +85,7 @@ async def test_new_catalog_item_is_recommended_then_deleted_never(
     assert len(after) == len(expected)
     assert all("new-1" not in {i.item_id for i in r.items} for r in after)
     print(
-        f"\nnew item in the top 20 of {len(reached)}/{len(expected)} users "
+        f"\nnew item in the top 10 of {len(reached)}/{len(expected)} users "
         f"{seen_after:.2f}s after its catalog event ({rounds} probe rounds); "
         f"after delete: 0 of {len(after)} lists of 50 contain it"
     )
