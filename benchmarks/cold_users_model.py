@@ -10,8 +10,10 @@ model rows, without leakage:
 1. The same held-out users as ``llm_real_model.py`` (users with >= 5
    interactions, shuffled with ``random.Random(seed)``, the first ``--users``)
    are removed from training entirely (no training windows, no validation),
-   and the served model (``ContentSASRec``, the project's recipe from
-   ``TrainConfig``) is trained on the other users. Popularity is counted on
+   and the content model (``ContentSASRec``, ``TrainConfig``'s recipe
+   without the baselines: what ``recstream train --no-eval`` serves; the
+   full recipe serves it paired with an ID-only SASRec) is trained on the
+   other users. Popularity is counted on
    the other users too.
 2. For the evaluated users (user n gets history length 1 + n % 3, in the
    same order as ``llm_real_model.py``), the model ranks the full catalogue
