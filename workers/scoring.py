@@ -61,7 +61,8 @@ class ModelScorer(Resource):
         return self._scorer.provider
 
     def _unit_vectors(self) -> npt.NDArray[np.float32]:
-        """L2-normalised joint vectors (without the bias column), cached until items grow."""
+        """L2-normalised joint vectors (the manifest's first ``similarity_dim`` columns:
+        no bias column, no ID half of the pair), cached until items grow."""
         if self._unit is None or self._unit_rows != self._scorer.n_items + 1:
             # Items are appended on the scorer's thread (vectors first, then ids), so
             # the two may differ by a few rows here: keep the rows both have.

@@ -187,6 +187,26 @@ async def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
             pass
 
 
+def test_manifest_similarity_columns_are_checked(tiny_model: TinyModel, tmp_path: Path) -> None:
+    """A manifest without ``similarity_dim`` (before the pair) compares every
+    column; one outside 1..dim is refused."""
+    import json
+
+    raw = tiny_model.manifest
+    raw["files"] = {k: str(tiny_model.model_dir.resolve() / v) for k, v in raw["files"].items()}
+    dim = raw["shapes"]["dim"]
+    for value, expected in ((None, dim), (0, None), (dim + 1, None), (dim // 2, dim // 2)):
+        shapes = {k: v for k, v in raw["shapes"].items() if k != "similarity_dim"}
+        if value is not None:
+            shapes["similarity_dim"] = value
+        (tmp_path / "manifest.json").write_text(json.dumps(raw | {"shapes": shapes}))
+        if expected is None:
+            with pytest.raises(ModelError, match="similarity_dim"):
+                load_manifest(tmp_path)
+        else:
+            assert load_manifest(tmp_path).similarity_dim == expected
+
+
 def test_provider_choice_and_settings() -> None:
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
     assert choose_providers("auto")[-1] == "CPUExecutionProvider"

@@ -138,6 +138,42 @@ with torch.no_grad():
     assert torch.equal(table[cold, cfg.dim:], torch.zeros(16))
     assert torch.allclose(pair.text_vectors(text[cold : cold + 1])[0], table[cold], atol=1e-5)
     assert pair.similarity_dim == cfg.dim
+    # A text-only item inside a history: the ID half reads a zero vector there
+    # (the SASRec's masked table), the content half the item's text vector.
+    with_cold = left_pad([[1, cold, 3]], cfg.max_len)
+    masked = sasrec.item_emb.weight * torch.from_numpy(data.warm_mask).float().unsqueeze(1)
+    got = pair.user(with_cold)
+    want = torch.cat(
+        [0.5 * content.user(with_cold), 0.5 * sasrec.sequence(with_cold, masked)[:, -1]], dim=1
+    )
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert not torch.allclose(got[:, cfg.dim:], 0.5 * sasrec.user(with_cold), atol=1e-3)
+print("ok")
+"""
+
+
+_AVERAGE_CHECK = """
+import torch
+from workers.training import train as T
+from workers.training.data import synthetic_dataset
+from workers.training.models import SASRec
+data = synthetic_dataset(seed=42)
+cfg = T.TrainConfig.tiny()  # 3 refit epochs, the last 2 averaged
+calls = []
+def epoch(cfg, model, *args):  # every epoch sets every weight to its call number
+    calls.append(float(len(calls) + 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(calls[-1])
+    return 0.0
+T._sequence_epoch = epoch
+model = SASRec(data.n_items, cfg.dim, cfg.max_len)
+hist = {}
+T._train_sequence(cfg, data, model, hist, "sasrec")
+assert hist["sasrec"]["refit"]["averaged_epochs"] == 2
+want = sum(calls[-2:]) / 2  # the mean of the last two refit epochs' weights
+for name, p in model.named_parameters():
+    assert torch.all(p == want), (name, p.flatten()[:3], want, calls)
 print("ok")
 """
 
@@ -166,3 +202,7 @@ def test_refit_adds_the_validation_items_and_never_the_test_items() -> None:
 
 def test_the_pair_scores_the_mean_of_its_halves_and_text_only_items_by_text() -> None:
     _check(_PAIR_CHECK)
+
+
+def test_the_refit_keeps_the_mean_of_its_last_epochs_weights() -> None:
+    _check(_AVERAGE_CHECK)

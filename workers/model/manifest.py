@@ -85,6 +85,11 @@ def load_manifest(model_dir: Path) -> ModelManifest:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"incomplete manifest in {model_dir}: {exc!r}") from exc
+    if not 0 < manifest.similarity_dim <= manifest.dim:
+        raise ModelError(
+            f"manifest in {model_dir}: similarity_dim {manifest.similarity_dim} "
+            f"outside 1..{manifest.dim}"
+        )
     missing = [str(files[name]) for name in _REQUIRED_FILES if not files[name].is_file()]
     if missing:
         raise ModelError(f"model directory {model_dir} lacks {missing}")

@@ -251,7 +251,8 @@ class Scorer(Resource):
         return result
 
     async def user_vectors(self, histories: IntArray) -> FloatArray:
-        """User representations [B, d] (SASRec's last position) for rows [B, L]."""
+        """User representations [B, d] (the served model's last position; for the pair
+        ``[0.5 u_content, 0.5 u_id]``, d = 128) for rows [B, L]."""
         result: FloatArray = await self._run(self._users, histories)
         return result
 

@@ -9,8 +9,8 @@ Modules, one job each:
 
 - ``data``     MovieLens-100k from the RecBole wheel, item text, the splits.
 - ``text``     all-MiniLM-L6-v2 (offline wheel): item text embeddings, ONNX wrapper.
-- ``models``   SASRec, the content-aware SASRec (served), BPR-MF, A-LLMRec stage 1,
-                and the inference wrappers.
+- ``models``   SASRec, the content-aware SASRec, the two as one served model
+                (SASRecPair), BPR-MF, A-LLMRec stage 1, and the inference wrappers.
 - ``metrics``  ranking metrics and the evaluation protocols.
 - ``train``    the training pipeline (``recstream train``).
 - ``evaluate`` the evaluation report (``recstream evaluate``).

@@ -259,9 +259,10 @@ class ALLMRecStage1(nn.Module):
     What it is used for: the *joint space* (the sigmoid codes) where an item
     known by its interactions and an item or a query known only by text meet
     (cold items, chat queries, explanations). It does not score candidates:
-    the served scores come from :class:`ContentSASRec`, whose item vectors
-    already mix ID and text. ``train_stage1`` early-stops on the text path's
-    validation NDCG@10 (``joint_from_text``), the path text-only inputs take.
+    the served scores come from :class:`SASRecPair` (or :class:`ContentSASRec`
+    alone), whose content item vectors already mix ID and text.
+    ``train_stage1`` early-stops on the text path's validation NDCG@10
+    (``joint_from_text``), the path text-only inputs take.
     """
 
     def __init__(self, item_dim: int, text_dim: int = 384, joint_dim: int = 128) -> None:

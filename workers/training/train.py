@@ -73,7 +73,7 @@ class TrainConfig:
     patience: int = 5  # evaluations (every eval_every epochs) without improvement
     eval_every: int = 2
     # Refit: after early stopping, every learned model (SASRec, BPR-MF, the
-    # served model) trains on for this many epochs from its best weights on
+    # content model) trains on for this many epochs from its best weights on
     # the training part *plus each user's validation item*, the interaction
     # just before the test one, as a production model retrained on all the
     # data it has would. Validation has chosen the weights by then; it is not
@@ -92,11 +92,12 @@ class TrainConfig:
     serve_pair: bool = True
     # False: one window per user (the last max_len targets), the old recipe (ablation).
     all_windows: bool = True
-    # The served model (ContentSASRec): SASRec's settings plus the share of
+    # The content model (ContentSASRec): SASRec's settings plus the share of
     # item IDs dropped per batch (0: text never has to stand in for an ID).
     id_dropout: float = 0.2
     use_text: bool = True  # False: ID-only (ablation: what the text adds)
-    # SASRec and BPR-MF are only compared against; ``--no-eval`` skips them.
+    # BPR-MF is only compared against; SASRec is also the pair's ID half.
+    # ``--no-eval`` skips both (the content model is then served alone).
     baselines: bool = True
     # BPR-MF baseline.
     bpr_dim: int = 64
@@ -448,9 +449,9 @@ def train_bpr(cfg: TrainConfig, data: Dataset, hist: dict[str, Any]) -> BPRMF:
 def train_stage1(
     cfg: TrainConfig, data: Dataset, model: ContentSASRec, text: torch.Tensor, hist: dict[str, Any]
 ) -> ALLMRecStage1:
-    """A-LLMRec stage 1 against the frozen served model (see ALLMRecStage1 for the loss).
+    """A-LLMRec stage 1 against the frozen content model (see ALLMRecStage1 for the loss).
 
-    The "collaborative" item embedding is the served model's item vector; the
+    The "collaborative" item embedding is the content model's item vector; the
     user representation its sequence output. Early stopping on the text
     path's validation NDCG@10 over warm items: the path text-only inputs take.
     """
@@ -687,6 +688,8 @@ def load_run(run_dir: Path, cache_dir: Path) -> Trained:
         cfg.split_seed = cfg.seed
     if "serve_pair" not in meta["config"]:  # runs before the pair served the content model
         cfg.serve_pair = False
+    if "refit_average" not in meta["config"]:  # runs before the refit's weights were averaged
+        cfg.refit_average = 1
     data = load_split(cfg, cache_dir)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     if "model" not in ckpt:

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-eval",
         action="store_true",
-        help="skip the evaluation report and what only it uses: the baselines (SASRec, "
-        "BPR-MF) and stage 1 (the joint space, not exported). Without the SASRec the "
-        "content model is served alone, not the pair (the demo's shorter recipe)",
+        help="skip the evaluation report, the baselines (SASRec, BPR-MF) and stage 1 "
+        "(the joint space, not exported). Without the SASRec the content model is "
+        "served alone, not the pair (the demo's shorter recipe)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
