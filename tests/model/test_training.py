@@ -148,6 +148,14 @@ with torch.no_grad():
     )
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert not torch.allclose(got[:, cfg.dim:], 0.5 * sasrec.user(with_cold), atol=1e-3)
+    # Serving computes the last position only (the exported user encoder):
+    # the same vector as the full sequence's last position, for every model,
+    # with short, full-length and empty histories.
+    mixed = left_pad([[], [2], list(range(1, 40)), [1, cold, 3]], cfg.max_len)
+    cases = ((sasrec, sasrec.item_emb.weight), (content, content.table()), (pair, table))
+    for model, items in cases:
+        full = model.sequence(mixed, items)[:, -1]
+        assert torch.allclose(model.last_state(mixed, items), full, atol=1e-5), type(model)
 print("ok")
 """
 
