@@ -226,25 +226,24 @@ class SASRecPair(nn.Module):
         ids = self.collaborative.item_emb.weight * self.content.id_mask.unsqueeze(1)
         return torch.cat([self.content.table(), ids], dim=1)
 
+    @staticmethod
+    def _user_halves(content: torch.Tensor, collaborative: torch.Tensor) -> torch.Tensor:
+        """[0.5 u_content, 0.5 u_id]: its dot product with an item row is the mean score."""
+        return torch.cat([0.5 * content, 0.5 * collaborative], dim=-1)
+
     def sequence(self, hist: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         d = self.content.dim
-        return torch.cat(
-            [
-                0.5 * self.content.sequence(hist, table[:, :d]),
-                0.5 * self.collaborative.sequence(hist, table[:, d:]),
-            ],
-            dim=-1,
+        return self._user_halves(
+            self.content.sequence(hist, table[:, :d]),
+            self.collaborative.sequence(hist, table[:, d:]),
         )
 
     def last_state(self, hist: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """The user vector [B, d] alone (each half's ``last_state``)."""
         d = self.content.dim
-        return torch.cat(
-            [
-                0.5 * self.content.last_state(hist, table[:, :d]),
-                0.5 * self.collaborative.last_state(hist, table[:, d:]),
-            ],
-            dim=-1,
+        return self._user_halves(
+            self.content.last_state(hist, table[:, :d]),
+            self.collaborative.last_state(hist, table[:, d:]),
         )
 
     def forward(self, hist: torch.Tensor) -> torch.Tensor:
