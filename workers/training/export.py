@@ -232,7 +232,7 @@ def export_run(
             "joint_cols": d + 1,
             # Item-to-item and text-to-item neighbours use the first columns
             # only: the ones that carry text (the pair's content half).
-            "similarity_dim": trained.content.dim,
+            "similarity_dim": trained.model.similarity_dim,
             "items": n,
             "text_dim": text_dim,
             "max_tokens": MAX_TOKENS,

@@ -47,12 +47,16 @@ class _Block(nn.Module):
     def forward(
         self, x: torch.Tensor, allowed: torch.Tensor, *, last_only: bool = False
     ) -> torch.Tensor:
-        """Outputs [B, L, d]; ``last_only``: the last position's alone [B, 1, d]
-        (``allowed`` then [.., 1, L]), attending over every position all the same."""
+        """Outputs [B, L, d]; ``last_only``: the last position's alone [B, 1, d],
+        attending over every position all the same."""
         b, length, dim = x.shape
         h = self.n_heads
+        if last_only:
+            x_q, allowed = x[:, -1:], allowed[:, :, -1:]
+        else:
+            x_q = x
         # Queries come from the normalised input, keys/values from the raw one (as SASRec).
-        q_in = self.ln1(x[:, -1:] if last_only else x)
+        q_in = self.ln1(x_q)
         queries = q_in.shape[1]
         q = self.q(q_in)
         k, v = self.kv(x).split(dim, dim=-1)
@@ -125,7 +129,7 @@ class SASRec(nn.Module):
         *inner, final = self.blocks
         for block in inner:
             x = block(x, allowed) * keep
-        x = final(x, allowed[:, :, -1:], last_only=True) * keep[:, -1:]
+        x = final(x, allowed, last_only=True) * keep[:, -1:]
         out: torch.Tensor = self.ln(x)[:, -1]
         return out
 
@@ -170,6 +174,11 @@ class ContentSASRec(SASRec):
     text: torch.Tensor
     id_mask: torch.Tensor
 
+    @property
+    def similarity_dim(self) -> int:
+        """Leading item-row columns that carry text: all of them."""
+        return self.dim
+
     def text_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """Text-only item vectors (cold items, items added at run time)."""
         out: torch.Tensor = self.text_proj(text)
@@ -212,9 +221,11 @@ class SASRecPair(nn.Module):
         if content.max_len != collaborative.max_len:
             raise ValueError("the two halves must read histories of the same length")
         self.content, self.collaborative = content, collaborative
-        self.max_len = content.max_len
-        self.dim = content.dim + collaborative.dim
-        self.similarity_dim = content.dim
+
+    @property
+    def similarity_dim(self) -> int:
+        """Leading item-row columns that carry text: the content half."""
+        return self.content.dim
 
     def text_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """Text-only item rows: the content half's vector, a zero ID half."""
